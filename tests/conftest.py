@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach a model hub: every model comes from a package or a local path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+OBQA = SHARED_DATA / "obqa"
+
+needs_shared = pytest.mark.skipif(not OBQA.is_dir(), reason=f"shared benchmark data not present at {OBQA}")
+
+
+@pytest.fixture(scope="session")
+def obqa_dir() -> Path:
+    if not OBQA.is_dir():
+        pytest.skip(f"shared benchmark data not present at {OBQA}")
+    return OBQA
