@@ -1,0 +1,176 @@
+"""CLI for the student stage: ``kardlite distill build``, ``kardlite train student``, ``kardlite eval`` (+ ``report``).
+
+Thin wrappers over ``kardlite.distill``; heavy imports happen inside the commands. Any deliberate kardlite
+error is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kardlite.errors import KardliteError
+
+distill_app = typer.Typer(help="Build student training examples (FT, RD, KARD).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a student (`kardlite eval --model ... --tasks ... --out ...`), or compare runs "
+                            "(`kardlite eval report`).", invoke_without_command=True)
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KardliteError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _load_kb(path: Path) -> Any:
+    from kardlite.errors import ArtifactError
+
+    if not path.exists():
+        raise ArtifactError(f"{path}: knowledge base not found (build it with `kardlite kb build`)")
+    from kardlite.kb import KnowledgeBase
+
+    return KnowledgeBase.load(path)
+
+
+@distill_app.command("build")
+@_one_line_errors
+def build(
+    tasks: Annotated[Path, typer.Option(help="Training questions (any format `load_task` reads).")],
+    rationales: Annotated[Path, typer.Option(help="Kept-rationales JSONL (item id, rationale index, text).")],
+    out: Annotated[Path, typer.Option(help="Examples JSONL to write (a .meta.json is written beside it).")],
+    mode: Annotated[str, typer.Option(help="ft, rd or kard.")] = "kard",
+    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard).")] = None,
+    k: Annotated[int, typer.Option(help="Passages per rationale (kard).")] = 5,
+    retriever: Annotated[str, typer.Option(help="bm25 (paper), dense or hybrid; query = the rationale.")] = "bm25",
+    max_items: Annotated[int | None, typer.Option(help="First N questions with a kept rationale.")] = None,
+    per_item: Annotated[int | None, typer.Option(help="Keep the first M kept rationales per question.")] = None,
+    task_format: Annotated[str, typer.Option("--format", help="Task file format.")] = "auto",
+) -> None:
+    """Build FT / RD / KARD training examples with provenance."""
+    from kardlite.data import load_task
+    from kardlite.distill.examples import build_examples, read_kept_rationales, save_examples
+
+    items = load_task(tasks, task_format)
+    kept = read_kept_rationales(rationales)
+    kb_obj = _load_kb(kb) if (kb is not None and mode == "kard") else None
+    rows = build_examples(items, kept, mode, kb=kb_obj, k=k, retriever=retriever, max_items=max_items,
+                          per_item=per_item, kb_path=kb)
+    sources = {"tasks": tasks, "rationales": rationales}
+    save_examples(rows, out, sources=sources)
+    typer.echo(f"{len(rows)} {mode} examples from {len({r['item_id'] for r in rows})} questions -> {out}")
+
+
+@_one_line_errors
+def train_student_cmd(
+    examples: Annotated[Path, typer.Argument(help="Examples JSONL from `kardlite distill build`.")],
+    out: Annotated[Path, typer.Option(help="Run directory (re-run with the same one to resume).")],
+    student: Annotated[str | None, typer.Option(help="HF id or path; default: packaged SmolLM2.")] = None,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper 1e-4, constant).")] = 1e-4,
+    epochs: Annotated[float, typer.Option(help="Epochs (paper 3).")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps (CPU).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Micro-batch per process.")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 1,
+    max_source_tokens: Annotated[int, typer.Option(help="Prompt budget (paper 512).")] = 512,
+    max_target_tokens: Annotated[int, typer.Option(help="Target cap (rationale + answer).")] = 256,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
+    lora_r: Annotated[int, typer.Option()] = 16,
+    lora_alpha: Annotated[int, typer.Option()] = 32,
+    lora_dropout: Annotated[float, typer.Option()] = 0.05,
+    seed: Annotated[int, typer.Option()] = 42,
+    dev_fraction: Annotated[float, typer.Option(help="Share of questions held out for the dev loss.")] = 0.05,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 25,
+    eval_every: Annotated[int, typer.Option(help="Dev loss every N steps (0: at the end only).")] = 0,
+) -> None:
+    """Fine-tune a student (LoRA by default) and save a merged model. Multi-GPU: `accelerate launch -m kardlite.cli
+    train student ...`."""
+    from kardlite.distill.train import StudentTrainConfig, train_student
+
+    cfg = StudentTrainConfig(student=student, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             grad_accum=grad_accum, max_source_tokens=max_source_tokens,
+                             max_target_tokens=max_target_tokens, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
+                             lora_dropout=lora_dropout, seed=seed, dev_fraction=dev_fraction, save_every=save_every,
+                             eval_every=eval_every)
+    model_dir = train_student(examples, out, cfg)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    typer.echo(f"saved {model_dir} (steps {manifest['steps']}, metrics {manifest['metrics']})")
+
+
+@eval_app.callback()
+@_one_line_errors
+def eval_cmd(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Student folder/HF id; 'smollm2' = base.")] = None,
+    tasks: Annotated[Path | None, typer.Option(help="Test questions (any format `load_task` reads).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder (re-run the same command to resume).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
+    mode: Annotated[str | None, typer.Option(help="ft, rd or kard; default: the student's training mode.")] = None,
+    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard).")] = None,
+    retriever: Annotated[str, typer.Option(help="bm25, dense, hybrid or reranker.")] = "bm25",
+    n_docs: Annotated[int, typer.Option(help="Passages shown to the student.")] = 5,
+    pool: Annotated[int, typer.Option(help="Candidates the reranker picks from.")] = 100,
+    reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder (retriever 'reranker').")] = None,
+    decoding: Annotated[str, typer.Option(help="greedy or sc (self-consistency).")] = "greedy",
+    samples: Annotated[int, typer.Option(help="Samples for self-consistency.")] = 5,
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    max_source_tokens: Annotated[int | None, typer.Option(help="Default: the training budget.")] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    name: Annotated[str | None, typer.Option(help="System name in reports; default: the out folder's name.")] = None,
+    task_format: Annotated[str, typer.Option("--format")] = "auto",
+) -> None:
+    """Evaluate a student: accuracy, invalid-output rate, per-question JSONL."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or tasks is None or out is None:
+        _fail("kardlite eval needs --model, --tasks and --out (or use `kardlite eval report`)")
+    from kardlite.data import load_task
+    from kardlite.distill.evaluate import EvalConfig, evaluate, make_retriever
+    from kardlite.distill.student import load_student
+
+    items = load_task(tasks, task_format)
+    if limit:
+        items = items[:limit]
+    cfg = EvalConfig(mode=mode, decoding=decoding, samples=samples, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, max_source_tokens=max_source_tokens, retriever=retriever, n_docs=n_docs,
+                     pool=pool, seed=seed, name=name)
+    student = load_student(model)
+    kb_obj = _load_kb(kb) if kb is not None else None
+    retrieve = None
+    if retriever == "reranker" and kb_obj is not None:
+        if reranker is None:
+            _fail("--retriever reranker needs --reranker PATH")
+        from kardlite.rerank.model import Reranker
+
+        retrieve = make_retriever(kb_obj, "reranker", pool=pool, reranker=Reranker.load(reranker))
+    metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
+    typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
+               f"n {metrics['n']} -> {out}")
+
+
+@eval_app.command("report")
+@_one_line_errors
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluation folders to put side by side.")],
+    out: Annotated[Path, typer.Option(help="Markdown report (a CSV is written beside it).")],
+) -> None:
+    """Compare evaluated systems in one markdown table (+ CSV)."""
+    from kardlite.distill.evaluate import write_report
+
+    path = write_report(runs, out)
+    sys.stdout.write(path.read_text(encoding="utf-8"))

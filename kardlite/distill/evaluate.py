@@ -1,0 +1,430 @@
+"""Evaluate students on a task: accuracy, invalid-output rate and one audit line per question.
+
+- FT students (and untrained base models in ``ft`` mode) are scored by option-letter likelihood: the
+  next-token log-probability of each option letter after the ``Answer:`` cue; the best letter wins, so an
+  FT prediction is never invalid.
+- RD and KARD students generate (batched, left padding) with greedy decoding, or with self-consistency:
+  ``samples`` outputs (top-k 50, top-p 0.95, temperature 1.0) and a majority vote over the parsed letters.
+  Ties go to the tied letter whose first vote came earliest (sample order), which is deterministic.
+  An output without a parsable ``Answer: X`` is an invalid vote; a question with no valid vote is wrong and
+  counted invalid.
+- KARD retrieves at test time with the linearised question (there is no rationale yet): ``bm25``, ``dense``,
+  ``hybrid``, ``reranker`` (first-stage BM25 pool reranked by ``kardlite.rerank``), or any callable
+  ``(item, n_docs) -> list[Passage]`` passed as ``retrieve``.
+
+Results go to ``predictions.jsonl`` append-only (an interrupted evaluation resumes where it stopped),
+``metrics.json`` and ``eval.json`` (the settings) in the output directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from kardlite._io import atomic_write_json, atomic_write_text
+from kardlite.data.records import LETTERS, QAItem
+from kardlite.distill.student import Student, load_student
+from kardlite.errors import ArtifactError, InputError
+from kardlite.kb.passage import Passage
+from kardlite.prompts import MODES, Mode, parse_answer
+
+Retrieve = Callable[[QAItem, int], list[Passage]]
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+SETTINGS = "eval.json"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (KARD_METHOD.md §7).
+
+    Attributes:
+        mode: prompt format; default: the mode the student was trained in (required for a base model).
+        decoding: ``greedy`` or ``sc`` (self-consistency).
+        samples, top_k, top_p, temperature: self-consistency sampling (paper: 5, 50, 0.95, 1.0).
+        max_new_tokens: generation cap for rd/kard.
+        batch_size: questions per forward pass.
+        max_source_tokens: prompt budget; default: the student's training budget, else 512.
+        retriever: ``bm25``, ``dense``, ``hybrid`` or ``reranker`` (kard only).
+        n_docs: passages shown to the student.
+        pool: first-stage candidates the reranker chooses from.
+        seed: sampling seed.
+        name: the system's name in reports; default: the output folder's name.
+    """
+
+    mode: Mode | None = None
+    decoding: Literal["greedy", "sc"] = "greedy"
+    samples: int = 5
+    top_k: int = 50
+    top_p: float = 0.95
+    temperature: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    max_source_tokens: int | None = None
+    retriever: str = "bm25"
+    n_docs: int = 5
+    pool: int = 100
+    seed: int = 42
+    name: str | None = None
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def _as_passage(hit: Any) -> Passage:
+    if isinstance(hit, Passage):
+        return hit
+    return Passage(id=str(hit["id"]), title=hit.get("title", ""), text=hit["text"])
+
+
+def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranker: Any = None) -> Retrieve:
+    """A test-time retrieval function: query = the linearised question.
+
+    Args:
+        kb: a loaded ``kardlite.kb.KnowledgeBase``.
+        retriever: ``bm25``, ``dense``, ``hybrid``, or ``reranker`` (BM25 pool of ``pool`` reranked by ``reranker``).
+        pool: first-stage candidates for the reranker.
+        reranker: a ``kardlite.rerank.Reranker`` (or anything with ``rank(query, passages, top_k)``).
+
+    Returns:
+        ``retrieve(item, n_docs) -> list[Passage]``, best first.
+    """
+    if retriever in ("bm25", "dense", "hybrid"):
+        def retrieve(item: QAItem, n_docs: int) -> list[Passage]:
+            return [_as_passage(h) for h in kb.search(item.linearize(), n_docs, retriever=retriever)]
+        return retrieve
+    if retriever == "reranker":
+        if reranker is None:
+            raise InputError("retriever 'reranker' needs a trained reranker (--reranker PATH)", field="reranker")
+
+        def rerank(item: QAItem, n_docs: int) -> list[Passage]:
+            query = item.linearize()
+            candidates = kb.search(query, max(pool, n_docs), retriever="bm25")
+            return [_as_passage(h) for h in reranker.rank(query, candidates, top_k=n_docs)]
+        return rerank
+    raise InputError(f"unknown retriever {retriever!r}; choose bm25, dense, hybrid or reranker", field="retriever")
+
+
+# ----------------------------------------------------------------------------- voting and parsing
+
+
+def vote(letters: Sequence[int | None]) -> int | None:
+    """Majority vote over parsed answers (None = invalid output, no vote).
+
+    Ties go to the tied answer whose first vote came earliest in ``letters``.
+
+    Example:
+        >>> vote([None, 2, 1, 1, 2])
+        2
+        >>> vote([None, None]) is None
+        True
+    """
+    valid = [v for v in letters if v is not None]
+    if not valid:
+        return None
+    counts = Counter(valid)
+    best = max(counts.values())
+    return next(v for v in valid if counts[v] == best)
+
+
+# A complete "Answer: X" followed by a non-letter: safe to stop generating (the letter cannot grow into a word).
+_DONE_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?\s*[A-Z]\s*\)?[^A-Za-z]", re.IGNORECASE)
+
+
+def _answer_done(text: str, n_options: int) -> bool:
+    return bool(_DONE_RE.search(text)) and parse_answer(text, n_options) is not None
+
+
+# ----------------------------------------------------------------------------- model calls
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.tensor(s)
+        mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+def _right_pad(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def letter_token_ids(student: Student, n_options: int) -> list[int]:
+    """The token that starts the target `` X`` for each option letter (what an FT student learnt to write)."""
+    ids = []
+    for letter in LETTERS[:n_options]:
+        toks = student.encode(f" {letter}")
+        if not toks:
+            raise InputError(f"the tokenizer gives no token for {letter!r}", field="tokenizer")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise InputError("option letters share a first token; letter scoring is impossible with this tokenizer",
+                         field="tokenizer")
+    return ids
+
+
+def score_letters(student: Student, prompts: list[list[int]], n_options: list[int]) -> list[list[float]]:
+    """Log-probabilities of each option letter as the next token after each prompt."""
+    import torch
+
+    model, tok = student.model, student.tokenizer
+    with torch.no_grad():
+        if student.kind == "seq2seq":
+            ids, mask = _right_pad(prompts, tok.pad_token_id)
+            start = model.config.decoder_start_token_id
+            dec = torch.full((len(prompts), 1), start, dtype=torch.long)
+            logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]
+        else:
+            ids, mask = _left_pad(prompts, tok.pad_token_id)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for row, n in zip(logp, n_options, strict=True):
+        letters = letter_token_ids(student, n)
+        out.append([float(row[t]) for t in letters])
+    return out
+
+
+def generate(student: Student, prompts: list[list[int]], n_options: list[int], cfg: EvalConfig) -> list[list[str]]:
+    """Generate one (greedy) or ``cfg.samples`` (self-consistency) outputs per prompt; returns texts per prompt."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    model, tok = student.model, student.tokenizer
+    n_ret = cfg.samples if cfg.decoding == "sc" else 1
+    if student.kind == "seq2seq":
+        ids, mask = _right_pad(prompts, tok.pad_token_id)
+        skip = 1  # the decoder start token
+    else:
+        ids, mask = _left_pad(prompts, tok.pad_token_id)
+        skip = ids.shape[1]
+    row_options = [n for n in n_options for _ in range(n_ret)]
+
+    class _StopAtAnswer(StoppingCriteria):
+        # Stop a row once it has written a complete "Answer: X": the rest would be discarded anyway.
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            texts = tok.batch_decode(input_ids[:, skip:], skip_special_tokens=True)
+            return torch.tensor([_answer_done(t, n) for t, n in zip(texts, row_options, strict=True)],
+                                dtype=torch.bool, device=input_ids.device)
+
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
+                              "stopping_criteria": StoppingCriteriaList([_StopAtAnswer()])}
+    if cfg.decoding == "sc":
+        kwargs.update(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
+                      num_return_sequences=cfg.samples)
+    else:
+        kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    texts = tok.batch_decode(out[:, skip:] if student.kind == "causal" else out, skip_special_tokens=True)
+    return [texts[i * n_ret:(i + 1) * n_ret] for i in range(len(prompts))]
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+def _read_done(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already written; a torn last line (a crash mid-write) is cut off so appending stays valid."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    done: dict[str, dict[str, Any]] = {}
+    good_end = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith(b"\n"):
+            break
+        done[row["id"]] = row
+        good_end += len(line)
+    if good_end != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return done
+
+
+def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_dir: str | Path,
+             config: EvalConfig | None = None, *, kb: Any = None, retrieve: Retrieve | None = None) -> dict[str, Any]:
+    """Evaluate a student on labelled questions and write predictions, metrics and settings to ``out_dir``.
+
+    Args:
+        student: a Student, a model path/id, or None for the packaged SmolLM2 (an untrained base).
+        items: test questions with gold labels.
+        out_dir: results folder; re-running with the same settings resumes.
+        config: settings (see EvalConfig).
+        kb: knowledge base for ``kard`` (used with ``config.retriever`` unless ``retrieve`` is given).
+        retrieve: custom test-time retrieval ``(item, n_docs) -> list[Passage]`` (e.g. a reranker).
+
+    Returns:
+        The metrics dict (also in ``metrics.json``): accuracy, invalid_rate, n, ...
+
+    Raises:
+        InputError: no items, an item without label, no mode for a base model, kard without a KB.
+        ArtifactError: ``out_dir`` holds results made with other settings.
+    """
+    cfg = config or EvalConfig()
+    if not items:
+        raise InputError("no questions to evaluate", field="items")
+    for item in items:
+        if item.label is None:
+            raise InputError(f"item {item.id!r} has no gold label", field="label")
+    if not isinstance(student, Student):
+        student = load_student(student)
+    mode = cfg.mode or student.info.get("mode")
+    if mode not in MODES:
+        raise InputError("no prompt mode: pass mode ft, rd or kard (a base model has none of its own)", field="mode")
+    budget = cfg.max_source_tokens or student.info.get("max_source_tokens") or 512
+    if mode == "kard" and retrieve is None:
+        if kb is None:
+            raise ArtifactError("mode 'kard' needs a knowledge base (--kb) or a retrieve function")
+        retrieve = make_retriever(kb, cfg.retriever, pool=cfg.pool)
+    if cfg.decoding not in ("greedy", "sc"):
+        raise InputError(f"unknown decoding {cfg.decoding!r}; choose greedy or sc", field="decoding")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {**asdict(cfg), "mode": mode, "max_source_tokens": budget, "student": student.name,
+                "name": cfg.name or out.name, "items": [it.id for it in items]}
+    if mode == "ft":  # generation settings do not apply to letter scoring
+        for key in ("decoding", "samples", "top_k", "top_p", "temperature", "max_new_tokens"):
+            settings[key] = None
+    if mode != "kard":
+        for key in ("retriever", "n_docs", "pool"):
+            settings[key] = None
+    settings_path = out / SETTINGS
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text(encoding="utf-8"))
+        diff = [k for k in settings if k not in ("batch_size", "name") and old.get(k) != settings[k]]
+        if diff:
+            raise ArtifactError(f"{out}: holds results made with other settings ({', '.join(diff)}); "
+                                "use a new output dir")
+    atomic_write_json(settings_path, settings)
+
+    preds_path = out / PREDICTIONS
+    done = _read_done(preds_path)
+    todo = [it for it in items if it.id not in done]
+    started = time.time()
+    import torch
+    from tqdm.auto import tqdm
+
+    student.model.eval()
+    with open(preds_path, "a", encoding="utf-8") as fh, tqdm(total=len(items), initial=len(items) - len(todo),
+                                                             desc=f"eval {mode}") as bar:
+        for b in range(0, len(todo), cfg.batch_size):
+            batch = todo[b:b + cfg.batch_size]
+            passages = [retrieve(it, cfg.n_docs) if mode == "kard" else [] for it in batch]
+            prompts = [student.prompt(it, mode, passages=ps, max_tokens=budget)
+                       for it, ps in zip(batch, passages, strict=True)]
+            ids = [student.encode(p.text) for p in prompts]
+            n_opts = [len(it.options) for it in batch]
+            if mode == "ft":
+                scores = score_letters(student, ids, n_opts)
+                outputs = [[] for _ in batch]
+                votes = [[max(range(len(s)), key=s.__getitem__)] for s in scores]
+            else:
+                # Seed from the batch's first id so a resumed run samples what the first run would have.
+                torch.manual_seed(cfg.seed + sum(map(ord, batch[0].id)))
+                scores = [None] * len(batch)
+                outputs = generate(student, ids, n_opts, cfg)
+                votes = [[parse_answer(o, n) for o in outs] for outs, n in zip(outputs, n_opts, strict=True)]
+            for it, p, ps, outs, vs, sc in zip(batch, prompts, passages, outputs, votes, scores, strict=True):
+                pred = vote(vs)
+                row = {"id": it.id, "gold": LETTERS[it.label], "prediction": None if pred is None else LETTERS[pred],
+                       "correct": pred == it.label, "invalid": pred is None,
+                       "votes": [None if v is None else LETTERS[v] for v in vs], "outputs": outs,
+                       "letter_logprobs": sc, "passages": [{"id": x.id, "title": x.title, "text": x.text}
+                                                           for x in ps if x.id in p.passage_ids],
+                       "n_prompt_tokens": p.n_tokens, "trimmed": p.trimmed, "prompt": p.text}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                done[it.id] = row
+            fh.flush()
+            bar.update(len(batch))
+
+    rows = [done[it.id] for it in items]
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    invalid = sum(r["invalid"] for r in rows)
+    all_votes = [v for r in rows for v in r["votes"]]
+    metrics = {
+        "name": settings["name"], "student": student.name, "mode": mode, "n": n,
+        "accuracy": round(correct / n, 4), "correct": correct,
+        "invalid_rate": round(invalid / n, 4), "invalid": invalid,
+        "invalid_output_rate": round(sum(v is None for v in all_votes) / max(len(all_votes), 1), 4),
+        "decoding": settings["decoding"] or "letter-likelihood", "samples": settings["samples"],
+        "retriever": settings["retriever"], "n_docs": settings["n_docs"], "max_source_tokens": budget,
+        "trimmed_prompts": sum(r["trimmed"] for r in rows),
+        "mean_prompt_tokens": round(sum(r["n_prompt_tokens"] for r in rows) / n, 1),
+        "seconds_this_session": round(time.time() - started, 1),
+    }
+    atomic_write_json(out / METRICS, metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- reports
+
+_REPORT_COLUMNS = ("name", "mode", "student", "retriever", "n_docs", "decoding", "n", "accuracy", "invalid_rate",
+                   "trimmed_prompts")
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Put several evaluated systems side by side: a markdown table at ``out`` and a CSV beside it.
+
+    Args:
+        run_dirs: evaluation output folders (each with ``metrics.json``).
+        out: the markdown file to write (``.csv`` with the same stem is written too).
+
+    Returns:
+        The markdown path.
+
+    Raises:
+        ArtifactError: a folder without ``metrics.json``.
+    """
+    rows = []
+    for d in run_dirs:
+        path = Path(d) / METRICS
+        if not path.is_file():
+            raise ArtifactError(f"{d}: no {METRICS} (run `kardlite eval` first, or let it finish)")
+        rows.append(json.loads(path.read_text(encoding="utf-8")))
+    out = Path(out)
+
+    def cell(row: dict[str, Any], col: str) -> str:
+        value = row.get(col)
+        if value is None:
+            return "-"
+        if col in ("accuracy", "invalid_rate"):
+            return f"{100 * value:.1f}%"
+        return str(value)
+
+    lines = ["| " + " | ".join(_REPORT_COLUMNS) + " |", "|" + "---|" * len(_REPORT_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r, c) for c in _REPORT_COLUMNS) + " |" for r in rows]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(_REPORT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
+    return out

@@ -1,0 +1,264 @@
+"""Training examples for the three students of the paper: FT, RD and KARD (KARD_METHOD.md §5).
+
+An example file holds the raw ingredients (question, rationale, passages) and their provenance, not a
+rendered prompt: the prompt is built at training time with the student's own tokenizer and chat template
+through ``kardlite.prompts.build_prompt``, so one example file serves any student and the token budget is
+exact. One JSONL row per example::
+
+    {"mode": "kard", "item_id": "7-980", "rationale_index": 3, "item": {...QAItem...},
+     "rationale": "...", "passages": [{"id", "title", "text", "score"}],
+     "retrieval": {"query": "rationale", "retriever": "bm25", "k": 5, "kb": "/path/to/kb"}}
+
+KARD retrieves with the rationale text alone as the query (never with an appended ``Answer: X`` line, a
+defect of the reference code, §8), one example per kept rationale, so different rationales of one question
+get different passages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from kardlite._io import atomic_write_json, iter_jsonl, sha256_file, write_jsonl
+from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
+from kardlite.errors import ArtifactError, InputError
+from kardlite.prompts import MODES, Mode
+
+Retriever = Literal["bm25", "dense", "hybrid"]
+RETRIEVERS: tuple[str, ...] = ("bm25", "dense", "hybrid")
+
+# Field names accepted in a kept-rationales file (the filter stage's output, or a hand-made file).
+_ID_FIELDS = ("item_id", "id", "qid")
+_INDEX_FIELDS = ("rationale_index", "sample", "index", "rationale_id", "idx")
+_TEXT_FIELDS = ("text", "rationale")
+
+
+def _first(obj: dict[str, Any], names: Sequence[str]) -> tuple[str | None, Any]:
+    for name in names:
+        if name in obj:
+            return name, obj[name]
+    return None, None
+
+
+def read_kept_rationales(path: str | Path) -> dict[str, list[tuple[int, str]]]:
+    """Read a kept-rationales JSONL: one line per kept rationale with an item id, a rationale index and text.
+
+    Also accepts ``.jsonl.gz``. Lines with ``"kept": false`` are skipped (a filter log may hold both).
+
+    Args:
+        path: the file.
+
+    Returns:
+        item id -> [(rationale index, text)] in index order.
+
+    Raises:
+        InputError: unreadable file, missing field, empty text, duplicate (item, index), or no kept rationale.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("kept-rationales file not found", path=path)
+    rows: Iterable[tuple[int, dict[str, Any]]]
+    rows = _iter_gz_jsonl(path) if path.suffix == ".gz" else iter_jsonl(path)
+    kept: dict[str, list[tuple[int, str]]] = {}
+    seen: set[tuple[str, int]] = set()
+    for line, obj in rows:
+        if obj.get("kept") is False:
+            continue
+        _, item_id = _first(obj, _ID_FIELDS)
+        if not isinstance(item_id, str | int) or str(item_id) == "":
+            raise InputError(f"missing item id (one of {_ID_FIELDS})", path=path, line=line, field="item_id")
+        name, index = _first(obj, _INDEX_FIELDS)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise InputError(f"missing or invalid rationale index (one of {_INDEX_FIELDS})", path=path, line=line,
+                             field=name or "rationale_index")
+        name, text = _first(obj, _TEXT_FIELDS)
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("missing or empty rationale text", path=path, line=line, field=name or "text")
+        key = (str(item_id), index)
+        if key in seen:
+            raise InputError(f"duplicate rationale {index} of item {item_id!r}", path=path, line=line)
+        seen.add(key)
+        kept.setdefault(str(item_id), []).append((index, text.strip()))
+    if not kept:
+        raise InputError("no kept rationales in file", path=path)
+    return {k: sorted(v) for k, v in kept.items()}
+
+
+def _iter_gz_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"malformed JSON ({err.msg})", path=path, line=lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", path=path, line=lineno)
+            yield lineno, obj
+
+
+def _passage_row(hit: Any) -> dict[str, Any]:
+    # A kb Hit is a dict; a Passage is a dataclass. Keep what the prompt and an audit need.
+    if isinstance(hit, dict):
+        return {"id": str(hit["id"]), "title": hit.get("title", ""), "text": hit["text"],
+                "score": float(hit.get("score", 0.0))}
+    return {"id": str(hit.id), "title": hit.title, "text": hit.text, "score": None}
+
+
+def build_examples(
+    items: Sequence[QAItem],
+    rationales: dict[str, list[tuple[int, str]]],
+    mode: Mode,
+    *,
+    kb: Any = None,
+    k: int = 5,
+    retriever: Retriever = "bm25",
+    max_items: int | None = None,
+    per_item: int | None = None,
+    kb_path: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Build FT, RD or KARD training examples from questions and their kept rationales.
+
+    Questions without a kept rationale drop out (for FT too, so the three students see the same questions).
+    FT gives one example per question; RD and KARD one per kept rationale.
+
+    Args:
+        items: the training questions (with gold labels).
+        rationales: item id -> [(rationale index, text)], as from ``read_kept_rationales``.
+        mode: ``ft``, ``rd`` or ``kard``.
+        kb: a loaded ``kardlite.kb.KnowledgeBase`` (needed for ``kard`` only).
+        k: passages kept per rationale (``kard``).
+        retriever: ``bm25`` (the paper's), ``dense`` or ``hybrid``.
+        max_items: keep only the first N questions (task order) that have a kept rationale.
+        per_item: keep only the first M kept rationales of each question (lowest index first).
+        kb_path: recorded in the provenance.
+
+    Returns:
+        Example rows (see the module docstring).
+
+    Raises:
+        InputError: unknown mode/retriever, no question with a kept rationale, an item without a label or with
+            a wrong option count.
+        ArtifactError: ``kard`` without a knowledge base.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; choose from {MODES}", field="mode")
+    if retriever not in RETRIEVERS:
+        raise InputError(f"unknown retriever {retriever!r}; choose from {RETRIEVERS}", field="retriever")
+    if mode == "kard" and kb is None:
+        raise ArtifactError("mode 'kard' needs a knowledge base (build one with `kardlite kb build`)")
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}", field="k")
+
+    chosen: list[tuple[QAItem, list[tuple[int, str]]]] = []
+    for item in items:
+        if item.id not in rationales:
+            continue
+        _check_item(item)
+        kept = rationales[item.id][:per_item] if per_item else rationales[item.id]
+        chosen.append((item, kept))
+        if max_items and len(chosen) >= max_items:
+            break
+    if not chosen:
+        raise InputError(f"none of the {len(items)} questions has a kept rationale (are the ids the same?)",
+                         field="rationales")
+
+    rows: list[dict[str, Any]] = []
+    if mode == "ft":
+        for item, _ in chosen:
+            rows.append({"mode": mode, "item_id": item.id, "rationale_index": None, "item": item.to_dict(),
+                         "rationale": None, "passages": [], "retrieval": None})
+        return rows
+
+    pairs = [(item, index, text) for item, kept in chosen for index, text in kept]
+    hits_per_pair: list[list[Any]] = [[] for _ in pairs]
+    if mode == "kard":
+        # The query is the rationale text only: the answer line is not part of it.
+        hits_per_pair = kb.search_many([text for _, _, text in pairs], k, retriever=retriever)
+    provenance = {"query": "rationale", "retriever": retriever, "k": k,
+                  "kb": str(kb_path) if kb_path is not None else None} if mode == "kard" else None
+    for (item, index, text), hits in zip(pairs, hits_per_pair, strict=True):
+        rows.append({"mode": mode, "item_id": item.id, "rationale_index": index, "item": item.to_dict(),
+                     "rationale": text, "passages": [_passage_row(h) for h in hits], "retrieval": provenance})
+    return rows
+
+
+def _check_item(item: QAItem, path: str | Path | None = None, line: int | None = None) -> None:
+    if not 2 <= len(item.options) <= MAX_OPTIONS:
+        raise InputError(f"item {item.id!r}: {len(item.options)} options, expected 2 to {MAX_OPTIONS}",
+                         path=path, line=line, field="options")
+    if item.label is None or not 0 <= item.label < len(item.options):
+        raise InputError(f"item {item.id!r}: no valid gold label for {len(item.options)} options "
+                         f"({LETTERS[:len(item.options)]})", path=path, line=line, field="label")
+
+
+def save_examples(rows: Sequence[dict[str, Any]], out_path: str | Path, *, sources: dict[str, Any] | None = None
+                  ) -> Path:
+    """Write examples as JSONL (atomically) plus ``<out>.meta.json`` with counts and input hashes.
+
+    Args:
+        rows: from ``build_examples``.
+        out_path: the JSONL to write.
+        sources: input files (name -> path) whose sha256 goes into the meta file, e.g. tasks, rationales.
+
+    Returns:
+        The JSONL path.
+    """
+    out_path = Path(out_path)
+    n = write_jsonl(out_path, rows)
+    modes = sorted({r["mode"] for r in rows})
+    meta = {
+        "examples": n,
+        "questions": len({r["item_id"] for r in rows}),
+        "modes": modes,
+        "retrieval": rows[0]["retrieval"] if rows else None,
+        "sha256": sha256_file(out_path),
+        "sources": {name: {"path": str(p), "sha256": sha256_file(p) if Path(p).is_file() else None}
+                    for name, p in (sources or {}).items()},
+    }
+    atomic_write_json(out_path.with_name(out_path.name + ".meta.json"), meta)
+    return out_path
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check an example file written by ``save_examples``.
+
+    Returns:
+        The rows, each with ``item`` turned into a QAItem.
+
+    Raises:
+        InputError: missing file, unknown mode, mixed modes, bad item (wrong option count, no label), an
+            rd/kard row without rationale, or no rows at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("examples file not found (build it with `kardlite distill build`)", path=path)
+    rows = []
+    for line, obj in iter_jsonl(path):
+        mode = obj.get("mode")
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}", path=path, line=line, field="mode")
+        raw = obj.get("item")
+        if not isinstance(raw, dict) or not isinstance(raw.get("options"), list):
+            raise InputError("missing item with an options list", path=path, line=line, field="item")
+        n = len(raw["options"])
+        if not 2 <= n <= MAX_OPTIONS:
+            raise InputError(f"{n} options, expected 2 to {MAX_OPTIONS}", path=path, line=line, field="item.options")
+        label = raw.get("label")
+        if not isinstance(label, int) or not 0 <= label < n:
+            raise InputError(f"label {label!r} is not an option index below {n}", path=path, line=line,
+                             field="item.label")
+        obj["item"] = QAItem.from_dict(raw)
+        if mode != "ft" and not (obj.get("rationale") or "").strip():
+            raise InputError(f"mode {mode!r} needs a rationale", path=path, line=line, field="rationale")
+        rows.append(obj)
+    if not rows:
+        raise InputError("no examples in file", path=path)
+    if len({r["mode"] for r in rows}) > 1:
+        raise InputError("examples of several modes in one file; train one student per mode", path=path,
+                         field="mode")
+    return rows

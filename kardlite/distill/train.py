@@ -1,0 +1,444 @@
+"""Fine-tune a student on FT, RD or KARD examples: one training loop you can read top to bottom.
+
+Order of things (nanoGPT-style): defaults (``StudentTrainConfig``) -> load examples and student -> split by
+question -> tokenise (prompt via ``build_prompt``, loss on target tokens only) -> LoRA -> optimiser ->
+resume from the last checkpoint if one exists -> one ``while`` loop (micro-batches, clip, step, log,
+evaluate, checkpoint) -> merge LoRA and save a plain model + manifest.
+
+Multi-GPU: ``accelerate launch -m kardlite.cli train student ...``; the loop shards micro-batches by
+process and lets ``accelerate`` do the device placement and gradient sync. Nothing home-made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kardlite._io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from kardlite.distill.examples import read_examples
+from kardlite.distill.student import STUDENT_FILE, Student, load_student
+from kardlite.errors import ArtifactError, InputError
+
+CHECKPOINT = "checkpoint"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StudentTrainConfig:
+    """Training defaults. Paper values (KARD_METHOD.md §5) unless a comment says otherwise.
+
+    On a 2-core CPU a full paper run is hours; override ``max_steps``, ``batch_size``, ``max_source_tokens``.
+    """
+
+    # --- model ---
+    student: str | None = None  # HF id or path; None = packaged SmolLM2-135M-Instruct
+    # --- optimisation: AdamW, constant lr, 3 epochs, clip 1.0, seed 42 (paper) ---
+    lr: float = 1e-4
+    epochs: float = 3.0
+    max_steps: int | None = None  # CPU override: stop after this many optimiser steps
+    batch_size: int = 8  # micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimiser step
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    warmup_steps: int = 0  # the paper uses none: constant lr
+    seed: int = 42
+    # --- sequence budget: the same budget is used at inference (stored with the model) ---
+    max_source_tokens: int = 512
+    max_target_tokens: int = 256  # longer rationales are cut (counted in the manifest)
+    # --- adapter: LoRA on every linear projection of attention and MLP (not the LM head) ---
+    lora: bool = True  # False = full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str | list[str] = "all-linear"
+    # --- bookkeeping ---
+    dev_fraction: float = 0.05  # of questions (never of rationales) held out for the dev loss
+    eval_every: int = 0  # dev loss every N steps; 0 = only at the end
+    save_every: int = 25  # checkpoint every N steps (and at the end)
+    log_every: int = 1
+    use_chat_template: bool | None = None  # None: the student's default (its chat template if it has one)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the manifest
+
+
+@dataclass
+class _Feature:
+    input_ids: list[int]
+    labels: list[int]  # decoder: -100 over the prompt; seq2seq: target ids only
+    item_id: str
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def split_by_question(rows: list[dict[str, Any]], dev_fraction: float, seed: int
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split examples so that all rationales of one question land on the same side.
+
+    Returns:
+        (train rows, dev rows); dev is empty when ``dev_fraction`` is 0 or there are fewer than 2 questions.
+    """
+    qids = sorted({r["item_id"] for r in rows})
+    random.Random(seed).shuffle(qids)
+    n_dev = round(dev_fraction * len(qids)) if len(qids) > 1 else 0
+    n_dev = min(n_dev, len(qids) - 1)
+    dev_ids = set(qids[:n_dev])
+    return [r for r in rows if r["item_id"] not in dev_ids], [r for r in rows if r["item_id"] in dev_ids]
+
+
+def _featurize(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, stats: dict[str, int]) -> _Feature:
+    from kardlite.kb.passage import Passage
+
+    passages = [Passage(id=p["id"], title=p.get("title", ""), text=p["text"]) for p in row.get("passages") or []]
+    prompt = student.prompt(row["item"], row["mode"], passages=passages, rationale=row.get("rationale"),
+                            with_target=True, max_tokens=cfg.max_source_tokens)
+    stats["trimmed_prompts"] += int(prompt.trimmed)
+    src = student.encode(prompt.text)
+    target = prompt.target or ""
+    tgt = student.encode(target)
+    eos = [student.tokenizer.eos_token_id] if student.kind == "seq2seq" and student.tokenizer.eos_token_id is not None \
+        else []
+    if len(tgt) + len(eos) > cfg.max_target_tokens:
+        # Cut the rationale, never the closing answer line: the student must learn to end with "Answer: X".
+        stats["truncated_targets"] += 1
+        cut = target.rfind("\nAnswer:")
+        tail = student.encode(target[cut:]) if cut > 0 else []
+        keep = max(cfg.max_target_tokens - len(tail) - len(eos), 0)
+        tgt = student.encode(target[:cut])[:keep] + tail if cut > 0 else tgt[:keep]
+    tgt = tgt + eos
+    if student.kind == "seq2seq":
+        return _Feature(src, tgt, row["item_id"])
+    return _Feature(src + tgt, [-100] * len(src) + tgt, row["item_id"])
+
+
+def _collate(feats: list[_Feature], student: Student) -> dict[str, Any]:
+    """Dynamic padding to the longest sequence of the micro-batch.
+
+    Decoders are padded on the left so every target ends at the last position; then logits are computed
+    only for the last positions (``logits_to_keep``), which saves gigabytes for a 49k vocabulary.
+    """
+    import torch
+
+    pad = student.tokenizer.pad_token_id
+    n = max(len(f.input_ids) for f in feats)
+    ids = torch.full((len(feats), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(feats), n), dtype=torch.long)
+    if student.kind == "seq2seq":
+        m = max(len(f.labels) for f in feats)
+        labels = torch.full((len(feats), m), -100, dtype=torch.long)
+        for i, f in enumerate(feats):
+            ids[i, : len(f.input_ids)] = torch.tensor(f.input_ids)
+            mask[i, : len(f.input_ids)] = 1
+            labels[i, : len(f.labels)] = torch.tensor(f.labels)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    labels = torch.full((len(feats), n), -100, dtype=torch.long)
+    for i, f in enumerate(feats):
+        ids[i, n - len(f.input_ids):] = torch.tensor(f.input_ids)
+        mask[i, n - len(f.input_ids):] = 1
+        labels[i, n - len(f.labels):] = torch.tensor(f.labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, int]:
+    """Summed token cross-entropy over target tokens, and the number of target tokens."""
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    if kind == "seq2seq":
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+        targets = labels
+    else:
+        mask = batch["attention_mask"]
+        # Left padding: positions must count from each row's first real token.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        first_target = int((labels != -100).float().argmax(-1).min())
+        keep = labels.shape[1] - first_target + 1  # logits at position t predict token t+1
+        kwargs = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
+                       **kwargs).logits
+        logits = logits[:, -keep:-1] if kwargs else logits[:, first_target - 1:-1]
+        targets = labels[:, first_target:]
+    n_tokens = int((targets != -100).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    return loss, n_tokens
+
+
+_ACCEPTS: dict[tuple[int, str], bool] = {}
+
+
+def _accepts(model: Any, arg: str) -> bool:
+    import inspect
+
+    base = model
+    while hasattr(base, "get_base_model") or hasattr(base, "module"):
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
+    key = (id(type(base)), arg)
+    if key not in _ACCEPTS:
+        _ACCEPTS[key] = arg in inspect.signature(base.forward).parameters
+    return _ACCEPTS[key]
+
+
+def _dev_loss(model: Any, feats: list[_Feature], student: Student, batch_size: int, device: Any) -> float | None:
+    import torch
+
+    if not feats:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            batch = {k: v.to(device) for k, v in _collate(feats[i:i + batch_size], student).items()}
+            loss, n = _loss_sum(model, batch, student.kind)
+            total, count = total + float(loss), count + int(n)
+    model.train()
+    return total / max(count, 1)
+
+
+def _micro_batches(n_examples: int, epoch: int, cfg: StudentTrainConfig) -> list[list[int]]:
+    """The fixed, seeded order of micro-batches for one epoch (so a resumed run sees the same data)."""
+    order = list(range(n_examples))
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    return [order[i:i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _save_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    """Model (trainable part), optimiser, scheduler and step, swapped in as one directory (atomic)."""
+    import torch
+
+    with atomic_dir(out / CHECKPOINT) as tmp:
+        torch.save(_trainable_state(model), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "state.json", state)
+
+
+def _load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, expect: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    import torch
+
+    ckpt = out / CHECKPOINT
+    if not (ckpt / "state.json").is_file():
+        return None
+    state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    for key, value in expect.items():
+        if state.get(key) != value:
+            raise ArtifactError(f"{ckpt}: checkpoint was made with another {key} ({state.get(key)!r} != {value!r}); "
+                                "use a new output dir, or delete the checkpoint to start over")
+    weights = torch.load(ckpt / "trainable.pt", weights_only=True)
+    missing = set(_trainable_state(model)) - set(weights)
+    if missing:
+        raise ArtifactError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    return state
+
+
+def _write_curve(out: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_json(out / "loss_curve.json", history)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "lr", "train_loss", "dev_loss", "seconds"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(out / "loss_curve.csv", buf.getvalue())
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("kardlite", "torch", "transformers", "peft", "accelerate"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_student(examples_path: str | Path, out_dir: str | Path, config: StudentTrainConfig | None = None, *,
+                  on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Fine-tune a student on one example file and save a plain merged model.
+
+    Re-running with the same ``out_dir`` resumes from its last checkpoint (same data and config required);
+    a finished run is not trained again.
+
+    Args:
+        examples_path: JSONL from ``kardlite distill build`` (one mode).
+        out_dir: run directory: ``checkpoint/``, ``loss_curve.{json,csv}``, ``model/``, ``manifest.json``.
+        config: hyper-parameters (defaults: the paper's).
+        on_step: called as ``on_step(step, train_loss)`` after every optimiser step (after any checkpoint).
+
+    Returns:
+        The saved model directory (``out_dir/model``): safetensors + tokenizer + ``kardlite_student.json``.
+
+    Example:
+        >>> cfg = StudentTrainConfig(max_steps=50, batch_size=8, max_source_tokens=384)
+        >>> train_student("runs/obqa/kard.jsonl", "runs/obqa/kard-student", cfg)  # doctest: +SKIP
+    """
+    import torch
+    from accelerate import Accelerator
+
+    cfg = config or StudentTrainConfig()
+    check_config(cfg)
+    out = Path(out_dir)
+    if (out / MANIFEST).is_file() and (out / "model" / "config.json").is_file():
+        return out / "model"  # finished earlier
+    out.mkdir(parents=True, exist_ok=True)
+
+    # data and student
+    rows = read_examples(examples_path)
+    mode = rows[0]["mode"]
+    examples_sha = sha256_file(examples_path)
+    torch.manual_seed(cfg.seed)
+    student = load_student(cfg.student, use_chat_template=cfg.use_chat_template)
+    train_rows, dev_rows = split_by_question(rows, cfg.dev_fraction, cfg.seed)
+    stats = {"trimmed_prompts": 0, "truncated_targets": 0}
+    train_feats = [_featurize(student, r, cfg, stats) for r in train_rows]
+    dev_feats = [_featurize(student, r, cfg, {"trimmed_prompts": 0, "truncated_targets": 0}) for r in dev_rows]
+
+    # model: LoRA adapters (default) or every weight
+    model = student.model
+    if cfg.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as err:
+            from kardlite.errors import MissingExtraError
+
+            raise MissingExtraError("peft", "train") from err
+        task = "SEQ_2_SEQ_LM" if student.kind == "seq2seq" else "CAUSAL_LM"
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=cfg.lora_targets, task_type=task))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+
+    accelerator = Accelerator()
+    # The scheduler stays unwrapped: it is one lambda per optimiser step, whatever the process count.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.batch_size * cfg.grad_accum * world  # examples per optimiser step
+    steps_per_epoch = max(1, math.ceil(len(train_feats) / per_step))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    # resume
+    # A checkpoint resumes only the same data and the same hyper-parameters; the run length may change.
+    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra"}
+    expect = {"examples_sha256": examples_sha, "config": {k: v for k, v in asdict(cfg).items() if k not in free}}
+    state = _load_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, expect)
+    if state is None:
+        state = {**expect, "step": 0, "history": []}
+    elif accelerator.is_main_process:
+        print(f"resuming from step {state['step']} of {total_steps}")
+    history: list[dict[str, Any]] = state["history"]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {mode}", disable=not accelerator.is_main_process)
+    started = time.time()
+    while state["step"] < total_steps:
+        step = state["step"]
+        epoch, slot = divmod(step, steps_per_epoch)
+        batches = _micro_batches(len(train_feats), epoch, cfg)
+        window = batches[slot * cfg.grad_accum * world:(slot + 1) * cfg.grad_accum * world]
+        mine = window[rank::world] or window[:1]  # the last window of an epoch may be short
+        feats = [[train_feats[i] for i in mb] for mb in mine]
+        # Normalise by the target tokens of the whole window, so accumulation equals one big batch.
+        n_window = sum(1 for mb in feats for f in mb for t in f.labels if t != -100)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise depends on the step only: exact resume
+        loss_total = 0.0
+        for j, mb in enumerate(feats):
+            batch = {k: v.to(accelerator.device) for k, v in _collate(mb, student).items()}
+            sync = j == len(feats) - 1
+            with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+                loss, _ = _loss_sum(model, batch, student.kind)
+                loss = loss / max(n_window, 1)
+                accelerator.backward(loss)
+            loss_total += float(loss.detach())
+        if cfg.clip:
+            accelerator.clip_grad_norm_(params, cfg.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_total:.3f}")
+
+        record: dict[str, Any] = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
+                                  "lr": scheduler.get_last_lr()[0], "train_loss": round(loss_total, 5),
+                                  "seconds": round(time.time() - started, 2)}
+        last = state["step"] == total_steps
+        if (cfg.eval_every and state["step"] % cfg.eval_every == 0) or last:
+            record["dev_loss"] = _dev_loss(model, dev_feats, student, cfg.batch_size, accelerator.device)
+        history.append(record)
+        if accelerator.is_main_process:
+            if state["step"] % cfg.log_every == 0 or last:
+                _write_curve(out, history)
+            if state["step"] % cfg.save_every == 0 or last:
+                _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state)
+        if on_step is not None:
+            on_step(state["step"], loss_total)
+    bar.close()
+
+    # save a plain model: LoRA merged into the weights, safetensors, tokenizer, how to prompt it
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if cfg.lora:
+        final = final.merge_and_unload()
+    if accelerator.is_main_process:
+        train_losses = [h["train_loss"] for h in history]
+        info = {"kind": student.kind, "mode": mode, "base": student.name, "max_source_tokens": cfg.max_source_tokens,
+                "max_target_tokens": cfg.max_target_tokens, "use_chat_template": student.use_chat_template}
+        with atomic_dir(out / "model") as tmp:
+            final.save_pretrained(tmp, safe_serialization=True)
+            student.tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / STUDENT_FILE, info)
+        manifest = {
+            "student": info,
+            "config": asdict(cfg),
+            "data": {"examples": str(examples_path), "examples_sha256": examples_sha, "n_examples": len(rows),
+                     "n_train": len(train_feats), "n_dev": len(dev_feats),
+                     "n_questions": len({r["item_id"] for r in rows}),
+                     "n_dev_questions": len({r["item_id"] for r in dev_rows}), **stats},
+            "steps": state["step"],
+            "steps_per_epoch": steps_per_epoch,
+            "metrics": {"final_train_loss": train_losses[-1] if train_losses else None,
+                        "first_train_loss": train_losses[0] if train_losses else None,
+                        "final_dev_loss": history[-1].get("dev_loss") if history else None,
+                        "seconds_this_session": round(time.time() - started, 1)},
+            "versions": _versions(),
+            "world_size": world,
+        }
+        atomic_write_json(out / MANIFEST, manifest)
+    return out / "model"
+
+
+def check_config(cfg: StudentTrainConfig) -> None:
+    """Reject settings that cannot work, with the field named."""
+    for name in ("lr", "batch_size", "grad_accum", "max_source_tokens", "max_target_tokens", "save_every"):
+        if getattr(cfg, name) <= 0:
+            raise InputError(f"must be positive, got {getattr(cfg, name)}", field=name)
+    if cfg.max_steps is not None and cfg.max_steps <= 0:
+        raise InputError(f"must be positive, got {cfg.max_steps}", field="max_steps")
+    if not 0 <= cfg.dev_fraction < 1:
+        raise InputError(f"must be in [0, 1), got {cfg.dev_fraction}", field="dev_fraction")

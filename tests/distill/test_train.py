@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kardlite.distill.examples import build_examples, read_kept_rationales, save_examples
+from kardlite.distill.student import load_student
+from kardlite.distill.train import StudentTrainConfig, split_by_question, train_student
+from tests.distill.conftest import ITEMS, write_rationales
+
+
+@pytest.fixture()
+def kard_examples(tmp_path, tiny_kb):
+    kept = read_kept_rationales(write_rationales(tmp_path / "kept.jsonl"))
+    return save_examples(build_examples(ITEMS, kept, "kard", kb=tiny_kb, k=2), tmp_path / "kard.jsonl")
+
+
+def _cfg(student, **kw):
+    base = {"student": str(student), "batch_size": 4, "max_source_tokens": 256, "max_target_tokens": 64,
+            "lr": 3e-3, "save_every": 1, "dev_fraction": 0.0}
+    return StudentTrainConfig(**{**base, **kw})
+
+
+def test_dev_split_is_by_question():
+    rows = [{"item_id": f"q{i % 10}", "n": i} for i in range(40)]  # 4 rationales per question
+    train, dev = split_by_question(rows, 0.3, seed=42)
+    assert dev and {r["item_id"] for r in train}.isdisjoint({r["item_id"] for r in dev})
+    assert len(train) + len(dev) == 40 and len({r["item_id"] for r in dev}) == 3
+
+
+def test_training_lowers_loss_and_saves_a_plain_model(tmp_path, kard_examples, tiny_llama_dir):
+    out = tmp_path / "run"
+    model_dir = train_student(kard_examples, out, _cfg(tiny_llama_dir, max_steps=4, batch_size=7))
+    curve = json.loads((out / "loss_curve.json").read_text())
+    assert [h["step"] for h in curve] == [1, 2, 3, 4]
+    # the same batch (7 examples = the whole set) every step: the loss must fall
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    assert (out / "loss_curve.csv").read_text().startswith("step,")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 4 and manifest["student"]["mode"] == "kard"
+    assert manifest["data"]["examples_sha256"] and manifest["versions"]["torch"]
+    # plain merged model: safetensors, no adapter files, loads without peft
+    assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
+    import torch
+
+    student = load_student(model_dir)
+    assert student.kind == "causal" and student.use_chat_template and student.info["max_source_tokens"] == 256
+    ids = torch.tensor([student.encode("Question: what do plants release?")])
+    with torch.no_grad():
+        a = student.model(ids).logits
+        b = load_student(out).model(ids).logits  # the run dir works too
+    assert torch.allclose(a, b)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, kard_examples, tiny_llama_dir):
+    import torch
+
+    cfg = _cfg(tiny_llama_dir, max_steps=4, batch_size=2, lora_dropout=0.1)
+    ref = train_student(kard_examples, tmp_path / "ref", cfg)
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_student(kard_examples, tmp_path / "run", cfg, on_step=stop_at_2)
+    assert not (tmp_path / "run" / "model").exists()
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
+    seen = []
+    model_dir = train_student(kard_examples, tmp_path / "run", cfg, on_step=lambda s, _: seen.append(s))
+    assert seen == [3, 4]  # no step repeated
+    curve = json.loads((tmp_path / "run" / "loss_curve.json").read_text())
+    assert [h["step"] for h in curve] == [1, 2, 3, 4]
+    ref_curve = json.loads((tmp_path / "ref" / "loss_curve.json").read_text())
+    assert [h["train_loss"] for h in curve] == pytest.approx([h["train_loss"] for h in ref_curve], rel=1e-4)
+    a = load_student(ref).model.state_dict()
+    b = load_student(model_dir).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_seq2seq_student_trains_and_scores(tmp_path, tiny_kb, tiny_t5_dir):
+    kept = read_kept_rationales(write_rationales(tmp_path / "kept.jsonl"))
+    examples = save_examples(build_examples(ITEMS, kept, "rd"), tmp_path / "rd.jsonl")
+    out = tmp_path / "t5"
+    model_dir = train_student(examples, out, _cfg(tiny_t5_dir, max_steps=3, batch_size=7, lr=1e-2))
+    curve = json.loads((out / "loss_curve.json").read_text())
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    student = load_student(model_dir)
+    assert student.kind == "seq2seq" and not student.use_chat_template
+    assert "<|im_start|>" not in student.prompt(ITEMS[0], "rd").text
