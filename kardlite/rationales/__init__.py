@@ -1,0 +1,1 @@
+"""Teacher rationales as data: the append-only store, import and filtering."""

@@ -1,0 +1,109 @@
+"""``kardlite rationales``: import existing rationales, filter a store, show what a store holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kardlite.errors import KardliteError
+
+app = typer.Typer(help="Teacher rationales: import, filter, stats.", no_args_is_help=True)
+
+
+def _fail(err: KardliteError) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(code=2)
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="KARD release folder (NNNNN.json), compact JSONL(.gz) or a store.")],
+    task: Annotated[Path, typer.Option("--task", help="The task file the rationales belong to (same order).")],
+    out: Annotated[Path, typer.Option("--out", help="The rationale store to append to.")],
+    task_format: Annotated[str, typer.Option("--format", help="Task file format.")] = "auto",
+    n: Annotated[int | None, typer.Option("--n", help="Keep only the first N rationales per question.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar.")] = True,
+) -> None:
+    """Copy existing rationales into a store, checking they align with TASK."""
+    from kardlite.data import load_task
+    from kardlite.teacher import get_teacher
+
+    try:
+        items = load_task(task, task_format)
+        summary = get_teacher("import", source=source).generate(items, n, store=out, progress=progress)
+    except KardliteError as err:
+        raise _fail(err) from None
+    typer.echo(summary.line())
+
+
+@app.command("filter")
+def filter_(
+    store: Annotated[Path, typer.Argument(help="The rationale store.")],
+    task: Annotated[Path, typer.Option("--task", help="The task file with gold answers.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: kept.jsonl, dropped.jsonl, stats.json.")],
+    judge: Annotated[str, typer.Option(help="smollm2 (packaged), none, a .gguf, a local HF folder or hub id.")]
+    = "smollm2",
+    task_format: Annotated[str, typer.Option("--format", help="Task file format.")] = "auto",
+    no_stated: Annotated[bool, typer.Option("--no-stated", help="Skip the stated-answer filter.")] = False,
+    min_chars: Annotated[int, typer.Option(help="Degenerate filter: fewest characters.")] = 40,
+    min_words: Annotated[int, typer.Option(help="Degenerate filter: fewest words.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Judge batch size.")] = 8,
+    progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bars.")] = True,
+) -> None:
+    """Keep the rationales of STORE that support the gold answer; write kept/dropped files and stats."""
+    from kardlite.data import load_task
+    from kardlite.rationales.filter import filter_rationales
+
+    filters = ["degenerate"] + ([] if no_stated else ["stated"]) + ([] if judge == "none" else ["judge"])
+    try:
+        items = load_task(task, task_format)
+        stats = filter_rationales(store, items, out, judge=None if judge == "none" else judge, filters=filters,
+                                  min_chars=min_chars, min_words=min_words, batch_size=batch_size,
+                                  progress=progress)
+    except KardliteError as err:
+        raise _fail(err) from None
+    typer.echo(f"kept {stats['kept']}/{stats['rationales']} ({stats['keep_rate']:.1%}); "
+               f"{stats['questions_with_none_kept']} of {stats['questions']} questions left with none; "
+               f"kept per question: {stats['kept_per_question_histogram']}")
+    for name, f in stats["filters"].items():
+        typer.echo(f"  {name}: kept {f['kept']}/{f['seen']} ({f['ms_per_rationale']} ms/rationale)")
+
+
+@app.command()
+def stats(
+    store: Annotated[Path, typer.Argument(help="The rationale store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts, teachers and token usage of a store."""
+    from collections import Counter
+
+    from kardlite.rationales.store import read_store
+
+    try:
+        contents = read_store(store)
+    except KardliteError as err:
+        raise _fail(err) from None
+    samples = contents.samples
+    per_item = Counter(s["item_id"] for s in samples)
+    usage_in = sum((s.get("usage") or {}).get("prompt_tokens", 0) or 0 for s in samples)
+    usage_out = sum((s.get("usage") or {}).get("completion_tokens", 0) or 0 for s in samples)
+    info = {
+        "samples": len(samples),
+        "items": len(per_item),
+        "samples_per_item": dict(sorted(Counter(per_item.values()).items())),
+        "teachers": dict(Counter(f"{s.get('backend')}:{s.get('model')}" for s in samples)),
+        "finish_reasons": dict(Counter(str(s.get("finish_reason")) for s in samples)),
+        "prompt_tokens": usage_in,
+        "completion_tokens": usage_out,
+        "prompts": len(contents.prompts),
+        "duplicates": contents.duplicates,
+        "torn_tail": contents.torn_tail,
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        typer.echo(f"{key}: {value}")
