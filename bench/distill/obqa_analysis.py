@@ -1,0 +1,45 @@
+"""Retrieval diagnostics for docs/results/obqa-cpu.md: how often BM25 puts a question's ``fact1`` (the open-book
+fact it was written from) among the passages the KARD student sees — with the rationale as the query (training)
+and with the linearised question as the query (test).
+
+Usage: python bench/distill/obqa_analysis.py RUN_DIR OBQA_DIR [N_TEST]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kardlite.data import load_obqa
+from kardlite.distill.examples import read_examples
+from kardlite.kb import KnowledgeBase
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().strip('"').rstrip(".").split())
+
+
+def main(run: str, obqa: str, n_test: int = 200) -> None:
+    run_dir, obqa_dir = Path(run), Path(obqa)
+    kb = KnowledgeBase.load(run_dir / "kb")
+    fact_train = {it.id: _norm(it.meta["fact1"]) for it in load_obqa(obqa_dir / "Additional/train_complete.jsonl")}
+    test = load_obqa(obqa_dir / "Additional/test_complete.jsonl")
+    test_ids = [it.id for it in load_obqa(obqa_dir / "Main/test.jsonl")[:n_test]]
+    by_id = {it.id: it for it in test}
+    out: dict[str, object] = {}
+    rows = read_examples(run_dir / "kard.jsonl")
+    for k in (1, 3, 5):
+        out[f"train_fact1_recall@{k}_rationale_query"] = round(sum(
+            fact_train[r["item_id"]] in {_norm(p["text"]) for p in r["passages"][:k]} for r in rows) / len(rows), 3)
+        out[f"train_fact1_recall@{k}_question_query"] = round(sum(
+            fact_train[r["item_id"]] in {_norm(h["text"]) for h in kb.search(r["item"].linearize(), k, "bm25")}
+            for r in rows) / len(rows), 3)
+        out[f"test_fact1_recall@{k}_question_query"] = round(sum(
+            _norm(by_id[i].meta["fact1"]) in {_norm(h["text"]) for h in kb.search(by_id[i].linearize(), k, "bm25")}
+            for i in test_ids) / len(test_ids), 3)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:4]))

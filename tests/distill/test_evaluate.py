@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kardlite.distill.evaluate import EvalConfig, _answer_done, evaluate, make_retriever, vote, write_report
+from kardlite.distill.student import load_student
+from kardlite.errors import ArtifactError, InputError
+from kardlite.kb.passage import Passage
+from kardlite.prompts import parse_answer
+from tests.distill.conftest import ITEMS
+
+
+def test_vote_majority_and_deterministic_ties():
+    assert vote([1, 1, 2]) == 1
+    assert vote([None, 2, 1, 1, 2]) == 2  # 2 and 1 tie; 2 voted first
+    assert vote([3, None, 0]) == 3
+    assert vote([None, None]) is None
+    assert vote([]) is None
+
+
+def test_parsing_and_early_stop_rule():
+    assert parse_answer("Plants release oxygen.\nAnswer: A", 4) == 0
+    assert parse_answer("Answer: E", 4) is None
+    assert parse_answer("the answer is a cell", 4) is None
+    assert not _answer_done("... Answer: A", 4)  # "A" might still grow into "Apples"
+    assert _answer_done("... Answer: A\n", 4)
+    assert not _answer_done("Answer: Z.", 4)
+
+
+def test_ft_letter_scoring_and_resume(tmp_path, tiny_llama_dir):
+    student = load_student(tiny_llama_dir)
+    cfg = EvalConfig(mode="ft", batch_size=4)
+    m = evaluate(student, ITEMS, tmp_path / "ev", cfg)
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert m["n"] == len(ITEMS) == len(rows) and m["invalid"] == 0  # letter scoring is never invalid
+    for r in rows:
+        probs = r["letter_logprobs"]
+        assert len(probs) == 4 and r["prediction"] == "ABCD"[max(range(4), key=probs.__getitem__)]
+        assert r["prompt"].endswith("Answer:")
+    assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows), abs=1e-4)
+    # A crash mid-write leaves a torn last line: the re-run keeps the good rows and only redoes the rest.
+    path = tmp_path / "ev" / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]) + lines[3][:20])
+    m2 = evaluate(student, ITEMS, tmp_path / "ev", cfg)
+    again = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["id"] for r in again] == [it.id for it in ITEMS] and m2["accuracy"] == m["accuracy"]
+    with pytest.raises(ArtifactError, match="other settings"):
+        evaluate(student, ITEMS, tmp_path / "ev", EvalConfig(mode="rd"))
+
+
+def test_kard_generation_with_retrieval_hook_and_self_consistency(tmp_path, tiny_llama_dir):
+    student = load_student(tiny_llama_dir)
+    calls = []
+
+    def retrieve(item, n_docs):  # the reranker hook: any (item, n_docs) -> passages
+        calls.append((item.id, n_docs))
+        return [Passage(id=f"p{i}", title="", text=f"fact {i} about {item.id}") for i in range(n_docs)]
+
+    cfg = EvalConfig(mode="kard", decoding="sc", samples=3, max_new_tokens=6, n_docs=2, batch_size=3)
+    m = evaluate(student, ITEMS[:3], tmp_path / "sc", cfg, retrieve=retrieve)
+    assert calls == [("q1", 2), ("q2", 2), ("q3", 2)]
+    rows = [json.loads(x) for x in (tmp_path / "sc" / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert len(r["outputs"]) == 3 and len(r["votes"]) == 3
+        assert [p["id"] for p in r["passages"]] == ["p0", "p1"] and "fact 0 about" in r["prompt"]
+        assert r["invalid"] == (r["prediction"] is None)
+    # a random tiny model writes no "Answer: X" in 6 tokens: every question is invalid and wrong
+    assert m["invalid_rate"] == 1.0 and m["accuracy"] == 0.0
+
+
+def test_kb_retriever_uses_the_linearised_question(tiny_kb):
+    retrieve = make_retriever(tiny_kb, "bm25")
+    got = retrieve(ITEMS[1], 2)
+    expected = tiny_kb.search(ITEMS[1].linearize(), 2, retriever="bm25")
+    assert [p.id for p in got] == [h["id"] for h in expected]
+    assert got[0].text == "a magnet attracts iron objects"
+    with pytest.raises(InputError, match="reranker"):
+        make_retriever(tiny_kb, "reranker")
+
+
+def test_bad_inputs_and_report(tmp_path, tiny_llama_dir):
+    student = load_student(tiny_llama_dir)
+    with pytest.raises(InputError, match="mode"):
+        evaluate(student, ITEMS, tmp_path / "x", EvalConfig())  # a base model has no mode of its own
+    with pytest.raises(ArtifactError, match="knowledge base"):
+        evaluate(student, ITEMS, tmp_path / "x", EvalConfig(mode="kard"))
+    with pytest.raises(ArtifactError, match=r"metrics\.json"):
+        write_report([tmp_path / "nothing"], tmp_path / "r.md")
+    for name, acc in (("a", 0.25), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"name": name, "mode": "rd", "student": "s", "n": 4, "accuracy": acc, "invalid_rate": 0.0}))
+    out = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.md")
+    text = out.read_text()
+    assert "| a | rd |" in text and "50.0%" in text and (tmp_path / "r.csv").read_text().count("\n") == 3
