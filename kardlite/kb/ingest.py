@@ -1,0 +1,209 @@
+"""Read a corpus into passages: a fact-per-line file, a JSONL file, or a folder of .txt/.md documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from kardlite._io import iter_jsonl, read_text
+from kardlite.errors import InputError
+from kardlite.kb.passage import Passage
+
+SourceFormat = Literal["auto", "lines", "jsonl", "folder"]
+FOLDER_SUFFIXES = (".txt", ".md")
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+_PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=[ \t\r]*\n[ \t\r]*\n|\s*\Z)", re.DOTALL)
+_WORD = re.compile(r"\S+")
+
+
+def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_words: int = 200,
+                  overlap_words: int = 40) -> list[Passage]:
+    """Read a corpus into passages.
+
+    Args:
+        path: a text file with one fact per line (OpenBookQA's ``openbook.txt``), a JSONL file of
+            ``{"id", "title"?, "text", ...}`` objects, or a folder of ``.txt``/``.md`` files.
+        format: "lines", "jsonl", "folder", or "auto" (a folder, a ``.jsonl`` file, or a file whose first
+            non-blank line is a JSON object is read as such; any other file as lines).
+        chunk_words: folders only: the most words per passage. Paragraphs are packed whole up to this size;
+            a longer paragraph is cut at word boundaries.
+        overlap_words: folders only: words of the previous passage repeated at the start of the next
+            (whole trailing paragraphs, or words inside a long paragraph), so a fact on a boundary stays whole.
+
+    Returns:
+        The passages, in file order. Lines give ids ``<stem>-<lineno>``; folders give ``<relpath>#<n>`` with
+        ``source`` the file and ``meta`` holding the character offsets ``start``/``end`` of the chunk.
+
+    Raises:
+        InputError: unreadable or undecodable file, malformed JSONL, a missing field, a duplicate id, or no
+            passages at all; the message names the file, line and field.
+    """
+    path = Path(path)
+    if chunk_words < 1:
+        raise InputError("must be >= 1", field="chunk_words")
+    if not 0 <= overlap_words < chunk_words:
+        raise InputError(f"must be >= 0 and < chunk_words ({chunk_words})", field="overlap_words")
+    if not path.exists():
+        raise InputError("no such file or folder", path=path)
+    if format == "auto":
+        format = _sniff(path)
+    if format == "folder":
+        if not path.is_dir():
+            raise InputError("expected a folder of .txt/.md files", path=path)
+        passages = _read_folder(path, chunk_words, overlap_words)
+    elif format in ("lines", "jsonl"):
+        if path.is_dir():
+            raise InputError(f"is a folder; use format 'folder' or give a {format} file", path=path)
+        passages = _read_lines(path) if format == "lines" else _read_jsonl(path)
+    else:
+        raise InputError(f"unknown format {format!r} (expected auto, lines, jsonl or folder)", field="format")
+    if not passages:
+        raise InputError("no passages found (empty corpus)", path=path)
+    return passages
+
+
+def _sniff(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() == ".jsonl":
+        return "jsonl"
+    for line in read_text(path).splitlines():
+        if line.strip():
+            if line.lstrip().startswith("{"):
+                try:
+                    return "jsonl" if isinstance(json.loads(line), dict) else "lines"
+                except json.JSONDecodeError:
+                    return "lines"
+            return "lines"
+    return "lines"
+
+
+def _read_lines(path: Path) -> list[Passage]:
+    passages = []
+    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
+        text = raw.strip()
+        # openbook.txt wraps every fact in double quotes; they are not part of the fact.
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1].strip()
+        if not re.search(r"\w", text):  # blank, or only punctuation such as a stray quote
+            continue
+        passages.append(Passage(id=f"{path.stem}-{lineno}", title="", text=text, source=str(path),
+                                meta={"line": lineno}))
+    return passages
+
+
+def _read_jsonl(path: Path) -> list[Passage]:
+    passages = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        pid = _field(obj, "id", path, lineno, (str, int))
+        pid = str(pid).strip()
+        if not pid:
+            raise InputError("empty", path=path, line=lineno, field="id")
+        if pid in seen:
+            raise InputError(f"duplicate id {pid!r} (first on line {seen[pid]})", path=path, line=lineno, field="id")
+        seen[pid] = lineno
+        text = _field(obj, "text", path, lineno, str).strip()
+        if not text:
+            raise InputError("empty", path=path, line=lineno, field="text")
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise InputError(f"expected a string, got {type(title).__name__}", path=path, line=lineno, field="title")
+        source = obj.get("source") or str(path)
+        if not isinstance(source, str):
+            raise InputError(f"expected a string, got {type(source).__name__}", path=path, line=lineno,
+                             field="source")
+        meta = {k: v for k, v in obj.items() if k not in ("id", "title", "text", "source")}
+        passages.append(Passage(id=pid, title=title.strip(), text=text, source=source, meta=meta))
+    return passages
+
+
+def _field(obj: dict[str, Any], key: str, path: Path, line: int, kind: type | tuple[type, ...]) -> Any:
+    if key not in obj or obj[key] is None:
+        raise InputError("missing", path=path, line=line, field=key)
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"expected {'a string' if kind is str else 'a string or integer'}, "
+                         f"got {type(value).__name__}", path=path, line=line, field=key)
+    return value
+
+
+def _list_folder(root: Path) -> list[Path]:
+    found = []
+
+    def fail(err: OSError) -> None:
+        raise InputError(f"cannot read folder ({err.strerror})", path=err.filename or root)
+
+    # os.walk rather than rglob: it reports unreadable sub-folders (onerror) instead of skipping them.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(FOLDER_SUFFIXES):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _read_folder(root: Path, chunk_words: int, overlap_words: int) -> list[Passage]:
+    files = _list_folder(root)
+    if not files:
+        raise InputError(f"no {'/'.join(FOLDER_SUFFIXES)} files in folder", path=root)
+    passages = []
+    for file in files:
+        text = read_text(file)
+        rel = file.relative_to(root).as_posix()
+        title = file.stem
+        if file.suffix.lower() == ".md" and (heading := _HEADING.search(text)):
+            title = heading.group(1).strip()
+        for n, (start, end) in enumerate(chunk_spans(text, chunk_words, overlap_words)):
+            passages.append(Passage(id=f"{rel}#{n}", title=title, text=text[start:end], source=str(file),
+                                    meta={"path": rel, "start": start, "end": end}))
+    return passages
+
+
+def chunk_spans(text: str, chunk_words: int, overlap_words: int) -> list[tuple[int, int]]:
+    """Character spans of the chunks of one document (paragraph-aware; see ``read_passages``).
+
+    Args:
+        text: the document.
+        chunk_words: the most words per chunk.
+        overlap_words: words repeated from the end of one chunk at the start of the next.
+
+    Returns:
+        (start, end) offsets into ``text``; each chunk is ``text[start:end]`` and has no edge whitespace.
+    """
+    # Units: whole paragraphs, or word windows of a paragraph longer than a chunk.
+    units: list[tuple[int, int, int]] = []  # (start, end, words)
+    for para in _PARAGRAPH.finditer(text):
+        words = [(m.start() + para.start(), m.end() + para.start()) for m in _WORD.finditer(para.group())]
+        if len(words) <= chunk_words:
+            units.append((para.start(), para.end(), len(words)))
+            continue
+        step = chunk_words - overlap_words
+        for i in range(0, len(words), step):
+            window = words[i:i + chunk_words]
+            units.append((window[0][0], window[-1][1], len(window)))
+            if i + chunk_words >= len(words):
+                break
+    spans = []
+    i = 0
+    while i < len(units):
+        j, size = i, 0
+        while j < len(units) and (j == i or size + units[j][2] <= chunk_words):
+            size += units[j][2]
+            j += 1
+        spans.append((units[i][0], units[j - 1][1]))
+        if j >= len(units):
+            break
+        # Carry back whole trailing units that fit the overlap, but never the whole chunk (progress).
+        back, carried = j, 0
+        # The carry must also leave room for the next unit, or the chunk would only repeat the carry.
+        while (back - 1 > i and carried + units[back - 1][2] <= overlap_words
+               and carried + units[back - 1][2] + units[j][2] <= chunk_words):
+            back -= 1
+            carried += units[back][2]
+        i = back
+    return spans
