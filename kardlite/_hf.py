@@ -19,6 +19,7 @@ from kardlite.errors import InputError, MissingExtraError
 
 DEFAULT_MODEL = "smollm2"
 _MARKER = "kardlite_cache.json"
+_CACHE_VERSION = "v2"  # bump when what we cache changes (v2: special tokens taken from the GGUF)
 
 
 def cache_dir() -> Path:
@@ -45,15 +46,39 @@ def _gguf_path(name_or_path: str | Path | None) -> Path | None:
     return None
 
 
+def _match_gguf_special_tokens(tokenizer: Any, gguf: Path) -> None:
+    """Make the tokenizer's eos/pad/bos handling match the GGUF's own metadata, as llama.cpp uses it.
+
+    transformers 4.57 builds SmolLM2's tokenizer with eos = ``<|im_start|>`` (id 1), no pad token and
+    add_bos_token=True, while the GGUF says eos 2 (``<|im_end|>``, the end of a chat turn), pad 2 and no BOS.
+    A student trained on the former would end its answers with a token llama.cpp does not stop at.
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str) -> Any:
+        field = fields.get(key)
+        return None if field is None else field.parts[field.data[0]][0].item()
+
+    if (eos := value("tokenizer.ggml.eos_token_id")) is not None:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    if (pad := value("tokenizer.ggml.padding_token_id")) is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    if (add_bos := value("tokenizer.ggml.add_bos_token")) is not None and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = bool(add_bos)
+
+
 def _cached_gguf(gguf: Path) -> Path:
     """The safetensors folder for ``gguf``, building it on first use."""
     tf = _transformers()
     digest = sha256_file(gguf)[:16]
-    folder = cache_dir() / "hf" / f"{gguf.stem}-{digest}"
+    folder = cache_dir() / "hf" / f"{gguf.stem}-{digest}-{_CACHE_VERSION}"
     if (folder / _MARKER).is_file():
         return folder
     model = tf.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _match_gguf_special_tokens(tokenizer, gguf)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

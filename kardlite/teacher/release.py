@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from kardlite._io import read_json
 from kardlite.data.records import QAItem
-from kardlite.errors import InputError
+from kardlite.errors import ArtifactError, InputError
 from kardlite.rationales.store import RationaleStore, is_store, now, read_store
 from kardlite.teacher.base import Sample, Teacher, TeachSummary
 
@@ -148,6 +148,10 @@ class ImportTeacher(Teacher):
         # Read everything first so a mis-aligned source writes nothing.
         rows = list(read_source(self.source, items))
         with RationaleStore(store) as st:
+            for rec in st.contents.samples[:1]:
+                if rec.get("backend") != self.backend:
+                    raise ArtifactError(f"{st.path} holds samples from backend {rec.get('backend')!r}; import into "
+                                        "another store so sample numbers do not collide")
             pending: list[dict[str, Any]] = []
             bar = tqdm(total=sum(len(s[:n] if n else s) for _, _, s in rows), disable=not progress, unit="sample",
                        desc="import", dynamic_ncols=True)

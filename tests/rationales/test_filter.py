@@ -92,3 +92,49 @@ def test_judge_scores_are_normalised_and_batch_invariant(tmp_path: Path) -> None
     rows = [json.loads(x) for f in ("kept", "dropped")
             for x in (tmp_path / "out" / f"{f}.jsonl").read_text().splitlines()]
     assert all(r["judge"]["letter"] in "ABCD" and 0 <= r["judge"]["p_gold"] <= 1 for r in rows)
+
+
+def test_cli_filter_without_judge(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kardlite.cli import app
+
+    store = _store(tmp_path / "s.jsonl", [GOOD, "Too short."])
+    task = tmp_path / "task.jsonl"
+    task.write_text(json.dumps({"id": SUN.id, "question": SUN.question, "options": list(SUN.options),
+                                "answer": "D"}) + "\n")
+    out = CliRunner().invoke(app, ["rationales", "filter", str(store), "--task", str(task), "--out",
+                                   str(tmp_path / "f"), "--judge", "none", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "kept 1/2 (50.0%)" in out.stdout and (tmp_path / "f" / "dropped.jsonl").is_file()
+    bad = CliRunner().invoke(app, ["rationales", "filter", str(tmp_path / "missing.jsonl"), "--task", str(task),
+                                   "--out", str(tmp_path / "g"), "--judge", "none"])
+    assert bad.exit_code == 2 and "rationale store not found" in bad.stderr
+
+
+@pytest.mark.slow
+def test_packaged_judge_model_is_cached_as_safetensors_with_the_gguf_tokenizer() -> None:
+    from transformers import AutoTokenizer
+
+    from kardlite._hf import resolve
+    from kardlite._llama import packaged_smollm2
+
+    folder = Path(resolve("smollm2"))
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    gguf = packaged_smollm2()
+    direct = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cached = AutoTokenizer.from_pretrained(str(folder))
+    text = "Question: The sun is responsible for\nA. puppies\nExplanation: Photosynthesis — 42 µm. So, the answer is"
+    assert cached.encode(text, add_special_tokens=False) == direct.encode(text, add_special_tokens=False)
+
+
+@pytest.mark.slow
+def test_cached_tokenizer_special_tokens_follow_the_gguf() -> None:
+    from transformers import AutoTokenizer
+
+    from kardlite._hf import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2"))
+    # GGUF metadata: eos 2 (<|im_end|>), pad 2, add_bos_token False; llama.cpp stops at <|im_end|>.
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == ("<|im_end|>", 2, 2)
+    assert tok("Hi")["input_ids"] == tok("Hi", add_special_tokens=False)["input_ids"]
