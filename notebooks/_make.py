@@ -34,6 +34,70 @@ SHARED = Path("../../shared/data/obqa")  # benchmark data beside the repo, when 
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
 
+PARAMS_BUNDLE = """\
+BUNDLE = Path(os.environ.get("KARDLITE_BUNDLE", "../exports/demo"))  # built on first use (fast: ~1 min, full: <10)
+"""
+
+NOTEBOOKS["01_quickstart"] = [
+    ("md", """\
+# 01 · Quickstart: ask the demo bundle
+
+A **bundle** is everything the CPU runtime needs in one folder: the student as a quantised GGUF, the knowledge
+base (passages, BM25, int8 encoder, HNSW) and the reranker as int8 ONNX, with a manifest of checksums and
+settings. `build_demo_bundle` makes the demo one from the embedded data and the packaged models (the first time;
+afterwards it is reused), `kardlite.runtime.load` opens it, and `ask` runs retrieve → rerank → reason.
+
+**Educational demo, not medical advice.**
+
+""" + MODE_LINE + "*"),
+    ("code", PARAMS_COMMON + PARAMS_BUNDLE + '''\
+SAMPLES = 3                        # self-consistency votes in the last cell
+MAX_NEW_TOKENS = 64 if FAST else 128
+'''),
+    ("code", '''\
+import pandas as pd
+
+from kardlite.demo import demo_questions
+from kardlite.demo.build import build_demo_bundle
+from kardlite.runtime import load
+
+pipe = load(build_demo_bundle(BUNDLE, fast=FAST))
+print(pipe)
+print(pipe.manifest.get("demo"))
+'''),
+    ("code", '''\
+item = demo_questions("test")[1]
+answer = pipe.ask(item.question, list(item.options), max_new_tokens=MAX_NEW_TOKENS)
+print(item.linearize())
+print(f"\\nstudent: {answer['letter']} (gold {item.answer_letter}), valid={answer['valid']}")
+print("rationale:", answer["rationale"])
+'''),
+    ("md", "What the student was shown (after the first stage and, when the bundle has one, the reranker):"),
+    ("code", '''\
+pd.DataFrame([{"rank": p["rank"], "id": p["id"], "title": p["title"], "first stage": round(p["first_stage_score"], 4),
+               "rerank": p["rerank_score"] and round(p["rerank_score"], 3), "gold": p["id"] in item.meta["passage_ids"]}
+              for p in answer["passages"]])
+'''),
+    ("code", '''\
+pd.Series(answer["timings"], name="seconds").round(3).to_frame().T.assign(**answer["tokens"])
+'''),
+    ("md", "`stream` yields the passages first, then each piece of text as it is generated, then the Answer:"),
+    ("code", '''\
+for event in pipe.stream("Which diuretics act on the thick ascending limb of the loop of Henle?",
+                         max_new_tokens=MAX_NEW_TOKENS):
+    if event["type"] == "passages":
+        print("passages:", [p["id"] for p in event["passages"]])
+    elif event["type"] == "token":
+        print(event["text"], end="", flush=True)
+'''),
+    ("md", "Self-consistency: several sampled rationales, answers by majority vote."),
+    ("code", '''\
+voted = pipe.ask(item.question, list(item.options), samples=SAMPLES, max_new_tokens=MAX_NEW_TOKENS)
+print("votes:", voted["votes"], "-> answer", voted["letter"], f"(gold {item.answer_letter})")
+pipe.close()
+'''),
+]
+
 NOTEBOOKS["02_data_and_kb"] = [
     ("md", """\
 # 02 · Data and knowledge base
@@ -396,6 +460,89 @@ pd.DataFrame([{"rank": h["rank"], "id": h["id"], "rerank": round(h["scores"]["re
 '''),
 ]
 
+
+NOTEBOOKS["06_export"] = [
+    ("md", """\
+# 06 · Export: the bundle, its size and its latency on a CPU
+
+`export_bundle` gathers a trained system into one folder: the merged student converted to GGUF and quantised
+(checked against the PyTorch model), the knowledge base as built, the reranker as int8 ONNX, and a manifest
+listing every file with its sha256. `kardlite.runtime.load` checks those sums and needs no torch. Here: what is in
+the demo bundle, how big each part is, and where the time of one answer goes. In full mode the student is also
+exported at other quantisations to compare size and speed.
+
+""" + MODE_LINE + "*"),
+    ("code", PARAMS_COMMON + PARAMS_BUNDLE + '''\
+N_QUESTIONS = 3 if FAST else 12         # demo test questions timed per bundle
+QUANTS = ("Q8_0", "Q4_0")               # other quantisations to compare (full mode: needs the trained student)
+OUT = WORK / "06_export"
+'''),
+    ("code", '''\
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from kardlite.demo import demo_questions
+from kardlite.demo.build import build_demo_bundle
+from kardlite.export.bundle import export_bundle, read_manifest
+from kardlite.runtime import load
+
+bundle = build_demo_bundle(BUNDLE, fast=FAST)
+manifest = read_manifest(bundle)
+{k: manifest[k] for k in ("name", "prompt", "retrieval", "decoding")} | {"student": {
+    k: manifest["student"][k] for k in ("quant", "parameters", "architecture", "layers")}}
+'''),
+    ("code", '''\
+files = pd.DataFrame([{"part": rel.split("/")[0], "file": rel, "MB": f["bytes"] / 1e6}
+                      for rel, f in manifest["files"].items()])
+sizes = files.groupby("part")["MB"].sum().round(2).sort_values(ascending=False)
+sizes.plot(kind="barh", figsize=(6, 2.5), title=f"bundle size by part: {sizes.sum():.0f} MB")
+sizes.to_frame()
+'''),
+    ("md", "## Where the time goes (greedy, one sample, the bundle's settings)"),
+    ("code", '''\
+def time_bundle(path):  # load once, then ask the first N demo test questions
+    started = time.perf_counter()
+    pipe = load(path)
+    loaded = time.perf_counter() - started
+    rows = []
+    for item in demo_questions("test")[:N_QUESTIONS]:
+        a = pipe.ask(item.question, list(item.options))
+        rows.append({**a["timings"], "prompt tokens": a["tokens"]["prompt"], "new tokens": a["tokens"]["generated"],
+                     "decode tok/s": a["tokens"]["decode_per_s"], "correct": a["letter"] == item.answer_letter})
+    pipe.close()
+    return loaded, pd.DataFrame(rows)
+
+load_s, timings = time_bundle(bundle)
+print(f"load {load_s:.2f} s (with sha256 checks); accuracy on {len(timings)} questions: {timings.correct.mean():.2f}")
+timings.round(3)
+'''),
+    ("code", '''\
+stages = ["retrieve", "rerank", "prompt", "prefill", "generate"]
+ax = (timings[stages].mean() * 1000).plot(kind="barh", figsize=(6, 2.5), title="mean ms per stage of one answer")
+ax.set_xscale("log"); ax.set_xlabel("ms (log scale)");
+'''),
+    ("md", "## Other quantisations of the same student (full mode)"),
+    ("code", '''\
+source = manifest["student"]["source"]
+if "folder" not in source:
+    print("this bundle's student is a ready GGUF (fast mode): no trained student folder to re-export")
+else:
+    rows = [{"quant": manifest["student"]["quant"], "MB": manifest["files"]["student.gguf"]["bytes"] / 1e6,
+             "s/answer": timings.total.mean(), "accuracy": timings.correct.mean()}]
+    for quant in QUANTS:
+        path = export_bundle(source["folder"], bundle / "kb", OUT, name=f"demo-{quant}", quant=quant,
+                             reranker_dir=bundle / "reranker" if manifest["retrieval"]["reranker"] else None,
+                             max_tokens=manifest["prompt"]["max_tokens"], n_docs=manifest["retrieval"]["n_docs"])
+        _, t = time_bundle(path)
+        rows.append({"quant": quant, "MB": (path / "student.gguf").stat().st_size / 1e6, "s/answer": t.total.mean(),
+                     "accuracy": t.correct.mean()})
+    quants = pd.DataFrame(rows).set_index("quant").round(3)
+    quants.plot(kind="bar", subplots=True, layout=(1, 3), figsize=(10, 3), legend=False, rot=0)
+    display(quants)
+'''),
+]
 
 # ------------------------------------------------------------------------------------------------------ machinery
 def _notebook(cells: list[tuple[str, str]]):  # -> nbformat.NotebookNode

@@ -22,3 +22,11 @@ def obqa_dir() -> Path:
     if not OBQA.is_dir():
         pytest.skip(f"shared benchmark data not present at {OBQA}")
     return OBQA
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fast-mode demo bundle (real KB and GGUF; no reranker, untrained student), built once per session."""
+    from kardlite.demo.build import build_demo_bundle
+
+    return build_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", fast=True, progress=False)

@@ -1,8 +1,10 @@
-"""``kardlite demo``: the main job on the embedded demo data and packaged models."""
+"""``kardlite demo``: the main job. Builds the demo bundle on first use, then starts the web app (app/demo.py) or,
+given a question, answers it in the terminal."""
 
 from __future__ import annotations
 
-import time
+import runpy
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,53 +13,67 @@ import typer
 from kardlite.errors import KardliteError
 
 DEFAULT_DIR = Path("exports") / "demo"
+APP = Path(__file__).resolve().parents[2] / "app" / "demo.py"  # the web app lives in the source tree
 
 
 def demo(
-    question: Annotated[str | None, typer.Argument(help="A question to search for (default: a demo test question).")]
+    question: Annotated[str | None, typer.Argument(help="Answer this question in the terminal instead of starting "
+                                                        "the web app ('example' = the first demo test question).")]
     = None,
-    out: Annotated[Path, typer.Option(help="Where the demo artefacts are built (reused when present).")] = DEFAULT_DIR,
-    k: Annotated[int, typer.Option("-k", help="Passages to show.")] = 3,
-    rebuild: Annotated[bool, typer.Option(help="Rebuild even if already built.")] = False,
+    bundle: Annotated[Path | None, typer.Option(help="A bundle folder (default: the demo bundle, built on first "
+                                                      "use at exports/demo).")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Build the fast, untrained demo bundle (like KARDLITE_FAST=1): "
+                                                      "about a minute instead of up to ten.")] = False,
+    host: Annotated[str, typer.Option(help="Interface for the web app (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the web app.")] = 7860,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
 ) -> None:
-    """Build the demo knowledge base (first run only) and answer a retrieval query on it."""
-    from rich.console import Console
-    from rich.table import Table
+    """Start the demo web app on the embedded demo bundle (built on first use), or answer one QUESTION."""
+    from kardlite.demo import DISCLAIMER
+    from kardlite.demo.build import build_demo_bundle
 
-    from kardlite.demo import DISCLAIMER, demo_passages, demo_questions
-    from kardlite.kb import KnowledgeBase
-
-    console = Console()
-    console.print(f"[bold]kardlite demo[/bold] — {DISCLAIMER}")
-    kb_dir = out / "kb"
+    typer.echo(f"kardlite demo — {DISCLAIMER}")
     try:
-        if rebuild or not (kb_dir / "manifest.json").exists():
-            started = time.perf_counter()
-            passages = demo_passages()
-            console.print(f"building the demo knowledge base ({len(passages)} passages) at {kb_dir} ...")
-            kb = KnowledgeBase.build(passages, kb_dir)
-            console.print(f"built in {time.perf_counter() - started:.1f} s")
-        else:
-            kb = KnowledgeBase.load(kb_dir)
-        item = None
+        path = bundle or build_demo_bundle(DEFAULT_DIR, fast=True if fast else None)
         if question is None:
-            item = demo_questions("test")[0]
-            question = item.linearize()
-        started = time.perf_counter()
-        hits = kb.search(question, k=k, retriever="hybrid")
-        elapsed_ms = (time.perf_counter() - started) * 1000
+            if not APP.is_file():
+                raise KardliteError(f"the web app {APP} is not here (it ships with the source tree); "
+                                    "ask in the terminal instead: kardlite demo 'your question'")
+            sys.argv = [str(APP), "--bundle", str(path), "--host", host, "--port", str(port)] + (
+                ["--threads", str(threads)] if threads else [])
+            runpy.run_path(str(APP), run_name="__main__")
+            return
+        _answer(path, question, threads)
     except KardliteError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=2) from None
 
-    console.print(f"\n[bold]Question[/bold]\n{question}\n")
-    table = Table(title=f"hybrid retrieval (BM25 + dense, RRF) in {elapsed_ms:.1f} ms")
-    for col in ("rank", "id", "title", "score", "gold"):
-        table.add_column(col)
-    gold = set(item.meta.get("passage_ids", [])) if item else set()
-    for hit in hits:
-        mark = "yes" if hit["id"] in gold else ""
-        table.add_row(str(hit["rank"]), hit["id"], hit["title"], f"{hit['score']:.4f}", mark)
-    console.print(table)
-    if hits:
-        console.print(f"\n[bold]Top passage[/bold]: {hits[0]['text']}")
+
+def _answer(path: Path, question: str, threads: int | None) -> None:
+    """Stream one answer to the terminal: the passages, the rationale as it is written, the answer, the timings."""
+    from kardlite.demo import demo_questions
+    from kardlite.runtime import load
+
+    options: list[str] | None = None
+    if question == "example":
+        item = demo_questions("test")[1]
+        question, options = item.question, list(item.options)
+    with load(path, threads=threads) as pipe:
+        typer.echo(f"{pipe!r}\n\nQuestion: {question}")
+        for i, option in enumerate(options or []):
+            typer.echo(f"  {'ABCDEFGHIJ'[i]}. {option}")
+        for event in pipe.stream(question, options):
+            if event["type"] == "passages":
+                typer.echo("\nPassages shown to the student:")
+                for p in event["passages"]:
+                    rerank = "" if p["rerank_score"] is None else f", rerank {p['rerank_score']:.3f}"
+                    typer.echo(f"  [{p['rank']}] {p['title']} ({p['id']}; first stage {p['first_stage_score']:.4f}"
+                               f"{rerank})")
+                typer.echo("\nRationale: ", nl=False)
+            elif event["type"] == "token" and event["sample"] == 0:
+                typer.echo(event["text"], nl=False)
+            elif event["type"] == "answer":
+                a = event["answer"]
+                said = f"{a['letter']}. {a['answer']}" if a["letter"] else (a["answer"] or "no valid answer")
+                typer.echo(f"\n\nAnswer: {said}")
+                typer.echo("Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in a["timings"].items()))

@@ -1,0 +1,58 @@
+"""What the demo app shows: input checks and the HTML/markdown built from runtime results (pure functions)."""
+
+from __future__ import annotations
+
+from kardlite.demo import demo_questions, view
+
+
+def test_options_are_one_per_line_with_typed_labels_removed() -> None:
+    assert view.parse_options("A. one\n(B) two\n\n  C) three \nApple pie\n") == ["one", "two", "three", "Apple pie"]
+    assert view.parse_options(None) == []
+
+
+def test_over_long_or_malformed_input_is_refused_with_a_reason() -> None:
+    assert view.check_input("x" * 2000, None) is None
+    assert "at most 2,000" in view.check_input("x" * 2001, None)
+    assert "at most 2,000" in view.check_input("Why?", "y\n" * 1001)
+    assert "Type a question" in view.check_input("   ", "a\nb")
+    assert "One option" in view.check_input("Why?", "only one")
+    assert view.check_input("Why?", "a\nb") is None
+
+
+def test_examples_are_the_demo_test_questions_with_their_options() -> None:
+    items = demo_questions("test")
+    rows = view.examples(items)
+    assert len(rows) == len(items)
+    assert rows[0] == [items[0].question, "\n".join(items[0].options)]
+    assert view.parse_options(rows[0][1]) == list(items[0].options)
+
+
+def _answer(**kw):
+    base = {"options": ["red", "blue"], "letter": "B", "answer": "blue", "votes": None, "samples": None,
+            "timings": {"retrieve": 0.01, "rerank": 0.02, "prompt": 0.001, "prefill": 0.5, "generate": 1.5,
+                        "total": 2.1},
+            "tokens": {"prompt": 300, "budget": 384, "generated": 40, "decode_per_s": 80.0,
+                       "passages_trimmed": True}}
+    return {**base, **kw}
+
+
+def test_answer_line_letter_invalid_and_votes() -> None:
+    assert view.answer_markdown(_answer()).startswith("### Answer: B. blue")
+    assert "No valid answer" in view.answer_markdown(_answer(letter=None, answer=None))
+    voted = view.answer_markdown(_answer(votes={"A": 1, "B": 3}, samples=["", "", "", "", ""]))
+    assert "Votes over 5 samples: **B** 3, **A** 1, no letter 1" in voted
+    assert view.answer_markdown(None, streaming=True)
+
+
+def test_model_and_kb_text_is_escaped_and_shown_passages_highlighted() -> None:
+    shown = [{"id": "p<1>", "title": "<script>x</script>", "text": "a & b", "rank": 1, "first_stage_score": 0.5,
+              "rerank_score": 2.25}]
+    html = view.passages_html(shown)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "a &amp; b" in html
+    assert "rerank 2.250" in html and "kard-passage" in html
+    table = view.candidates_html([{"id": "p<1>", "title": "t", "rank": 1, "score": 0.5},
+                                  {"id": "p2", "title": "u", "rank": 2, "score": 0.4}], shown, "hybrid")
+    assert table.count("fff4c2") == 5  # the five cells of the one shown row
+    assert "hybrid score" in table
+    assert "| total | 2,100 |" in view.timings_markdown(_answer())
+    assert "trimmed" in view.timings_markdown(_answer())
