@@ -65,6 +65,7 @@ class RerankTrainConfig:
         max_length: token cap for question + passage.
         grad_clip: max gradient norm (0 = off).
         lora: None = full fine-tuning; else e.g. {"r": 16, "alpha": 32, "dropout": 0.1}.
+        num_layers: keep only the first N encoder layers (None = all); fewer layers = faster CPU reranking.
         seed: seeds the head, the shuffling and dropout.
         threads: torch intra-op threads (None = torch's default).
         eval_batch_size: pairs per forward pass when evaluating.
@@ -85,6 +86,7 @@ class RerankTrainConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     grad_clip: float = 1.0
     lora: dict[str, Any] | None = None
+    num_layers: int | None = None
     seed: int = 42
     threads: int | None = None
     eval_batch_size: int = 64
@@ -314,7 +316,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             fh.write(json.dumps(row) + "\n")
 
     reranker = Reranker.from_pretrained(config.base_model, max_length=config.max_length, lora=config.lora,
-                                        seed=config.seed)
+                                        num_layers=config.num_layers, seed=config.seed)
     model = reranker.model
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -1,0 +1,115 @@
+"""CLI of the reranker stage: ``kardlite train reranker`` and ``kardlite rerank search|export|eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="The KARD reranker: search with it, export it to ONNX, evaluate it.", no_args_is_help=True)
+
+
+def train(
+    kb: Annotated[Path, typer.Option(help="Knowledge-base folder (its BM25 index gives candidates and labels).")],
+    out: Annotated[Path, typer.Option(help="Output reranker folder.")],
+    questions: Annotated[Path | None, typer.Option(help="Training questions (any kardlite task format).")] = None,
+    rationales: Annotated[Path | None, typer.Option(help="Kept rationales JSONL: item_id, rationale_index, text.")]
+    = None,
+    data: Annotated[Path | None, typer.Option(help="Folder for train.jsonl/dev.jsonl (default: <out>.data). "
+                                                   "Reused when it exists and --questions is not given.")] = None,
+    pool: Annotated[int, typer.Option(help="Depth of each BM25 list candidates are drawn from.")] = 32,
+    from_rationale: Annotated[int, typer.Option(help="Candidates from BM25(rationale).")] = 4,
+    from_question: Annotated[int, typer.Option(help="Candidates from BM25(question).")] = 4,
+    dev_fraction: Annotated[float, typer.Option(help="Share of questions held out as dev.")] = 0.1,
+    base_model: Annotated[str | None, typer.Option(help="HF id or folder (default: packaged all-MiniLM-L6-v2).")]
+    = None,
+    objective: Annotated[str, typer.Option(help="kl (paper) or ce.")] = "kl",
+    tau1: Annotated[float, typer.Option(help="Temperature on BM25 labels (start).")] = 2.0,
+    tau1_end: Annotated[float | None, typer.Option(help="Anneal tau1 linearly to this.")] = None,
+    tau2: Annotated[float, typer.Option(help="Temperature on reranker logits (start).")] = 1.0,
+    tau2_end: Annotated[float | None, typer.Option(help="Anneal tau2 linearly to this.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-5,
+    epochs: Annotated[int, typer.Option()] = 2,
+    queries_per_batch: Annotated[int, typer.Option(help="Queries per step (each with its <= 8 candidates).")] = 8,
+    max_length: Annotated[int, typer.Option(help="Token cap for question + passage.")] = 128,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 = full fine-tuning.")] = 0,
+    num_layers: Annotated[int | None, typer.Option(help="Keep only the first N encoder layers (faster).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    max_train_queries: Annotated[int, typer.Option(help="Cap on training queries (0 = all).")] = 0,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Build candidates labelled by rationale BM25 (question-disjoint split), then train the cross-encoder."""
+    from kardlite.data import load_task
+    from kardlite.kb import KnowledgeBase
+    from kardlite.rerank.data import CandidateConfig, build_queries, read_rationales, save_queries, split_by_item
+    from kardlite.rerank.train import RerankTrainConfig, train_reranker
+
+    data_dir = data or out.with_name(out.name + ".data")
+    config = RerankTrainConfig(base_model=base_model, objective=objective, tau1=tau1, tau1_end=tau1_end,  # type: ignore[arg-type]
+                               tau2=tau2, tau2_end=tau2_end, lr=lr, epochs=epochs,
+                               queries_per_batch=queries_per_batch, max_length=max_length,
+                               lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
+                               num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries)
+    config.validate()
+    if questions is not None or rationales is not None:
+        if questions is None or rationales is None:
+            raise typer.BadParameter("give both --questions and --rationales (or neither, to reuse --data)")
+        cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
+                               dev_fraction=dev_fraction)
+        knowledge = KnowledgeBase.load(kb)
+        queries = build_queries(knowledge, load_task(questions), read_rationales(rationales), cand)
+        tr, dev = split_by_item(queries, dev_fraction, seed)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        save_queries(data_dir / "train.jsonl", tr)
+        save_queries(data_dir / "dev.jsonl", dev)
+        typer.echo(f"{len(tr)} train / {len(dev)} dev queries ({len({q.item_id for q in dev})} dev questions) "
+                   f"-> {data_dir}")
+    elif not (data_dir / "train.jsonl").is_file():
+        raise typer.BadParameter(f"no training data at {data_dir}; give --questions and --rationales")
+    path = train_reranker(data_dir, out, config)
+    meta = json.loads((path / "reranker.json").read_text())
+    last = (meta.get("training") or {}).get("dev") or []
+    typer.echo(f"saved {path}" + (f"; dev {last[-1]}" if last else ""))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The query (a linearised question).")],
+    kb: Annotated[Path, typer.Option(help="Knowledge-base folder.")],
+    reranker: Annotated[Path, typer.Option(help="Reranker folder (torch) or its ONNX export.")],
+    k: Annotated[int, typer.Option("-k", help="Passages to keep.")] = 5,
+    first_stage: Annotated[str, typer.Option(help="bm25, dense or hybrid.")] = "hybrid",
+    pool: Annotated[int, typer.Option(help="First-stage candidates to rerank.")] = 50,
+    backend: Annotated[str, typer.Option(help="torch or onnx (auto: onnx when the folder has an ONNX model).")]
+    = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
+) -> None:
+    """Retrieve a pool from the KB, rerank it, print the top k."""
+    from kardlite.kb import KnowledgeBase
+    from kardlite.rerank.model import ONNX_NAMES, Reranker
+    from kardlite.rerank.retriever import RerankRetriever
+
+    if backend == "auto":
+        backend = "onnx" if any((reranker / n).is_file() for n in ONNX_NAMES) else "torch"
+    rr = RerankRetriever(KnowledgeBase.load(kb), Reranker.load(reranker, backend=backend),  # type: ignore[arg-type]
+                         first_stage=first_stage, pool=pool)  # type: ignore[arg-type]
+    for hit in rr(query, k):
+        if as_json:
+            typer.echo(json.dumps(hit, ensure_ascii=False))
+        else:
+            typer.echo(f"{hit['rank']:>3}  {hit['score']:8.3f}  {hit['id']}  {hit['text'][:100]}")
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Trained reranker folder.")],
+    out_dir: Annotated[Path, typer.Argument(help="Export folder.")],
+    quantize: Annotated[bool, typer.Option(help="Dynamic int8 quantisation.")] = True,
+    quantization: Annotated[str, typer.Option(help="avx2, avx512, avx512_vnni or arm64.")] = "avx2",
+) -> None:
+    """Export a trained reranker to ONNX (int8 by default), loadable without torch."""
+    from kardlite.rerank.onnx import export_reranker_onnx
+
+    typer.echo(str(export_reranker_onnx(model_dir, out_dir, quantize, quantization=quantization)))  # type: ignore[arg-type]
