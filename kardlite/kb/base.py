@@ -316,7 +316,7 @@ class KnowledgeBase:
                 pool: int) -> list[tuple[int, float, dict[str, float]]]:
         cfg = self.config.hybrid
         bm25_all = self._bm25.scores(query)
-        bm25_rows, _ = _bm25._top_positive(bm25_all, pool)
+        bm25_rows, _ = self._bm25.best(bm25_all, pool)
         fused = rrf([bm25_rows.tolist(), dense_rows.tolist()], k=cfg.rrf_k, weights=[cfg.bm25_weight, cfg.dense_weight])
         best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
         # Every hit gets both first-stage scores, also when only one stage retrieved it.

@@ -79,7 +79,7 @@ class BM25Index:
         tokenize = Tokenizer(config.stemmer, config.stopwords)
         corpus_tokens = [tokenize(t) for t in texts]
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
-        # A document with no indexable word still needs a column: bm25s's empty token keeps the counts aligned.
+        # A document with no indexable word (only stop words) still counts as a document: rows stay aligned.
         retriever.index(corpus_tokens, show_progress=progress)
         return cls(retriever, config)
 
@@ -119,7 +119,11 @@ class BM25Index:
 
     def top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best documents with a positive score: (rows, scores), best first."""
-        scores = self.scores(query)
+        return self.best(self.scores(query), k)
+
+    @staticmethod
+    def best(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best positive entries of a ``scores`` vector: (rows, scores), best first, ties in row order."""
         return _top_positive(scores, k)
 
 

@@ -205,8 +205,8 @@ class Encoder:
                 options.intra_op_num_threads = threads
             self._session = ort.InferenceSession(str(folder / self.meta["onnx"]), options,
                                                  providers=["CPUExecutionProvider"])
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ArtifactError(f"cannot load the encoder in {folder}: {err}") from None
+        except Exception as err:  # onnxruntime's load errors (InvalidProtobuf, NoSuchFile, ...) derive from Exception
+            raise ArtifactError(f"cannot load the encoder in {folder}: {type(err).__name__}: {err}") from None
         self.max_length = int(self.meta["max_length"])
         # We pad per batch ourselves; the tokenizer only truncates.
         self._tokenizer.no_padding()

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from kardlite.errors import InputError
+from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
 
 FILENAME = "passages.sqlite"
@@ -76,9 +76,12 @@ class PassageStore:
 
     def __init__(self, path: Path) -> None:
         # Read-only URI: a loaded KB can never be altered through this object.
-        self._con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
-        self.count = self._query("SELECT COUNT(*) FROM passages")[0][0]
+        try:
+            self._con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self.count = self._query("SELECT COUNT(*) FROM passages")[0][0]
+        except sqlite3.Error as err:
+            raise ArtifactError(f"cannot read the passage store {path}: {err}") from None
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:

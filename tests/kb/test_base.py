@@ -57,6 +57,11 @@ def test_bm25_search_and_free_text_scores_agree(tmp_path: Path, facts: list[Pass
     assert "moon" not in [h["id"] for h in ranked]
     # Stemming: "pollinating"/"pollinate" and "flowers"/"flower" match.
     assert kb.bm25_scores("pollinate flower", ["bee"])[0] > 0
+    # A passage of stop words only is stored and counted, and never matches.
+    stop = KnowledgeBase.build([*facts, Passage("stop", "", "the of and")], tmp_path / "stop", config=bm25_config,
+                               progress=False)
+    assert len(stop) == len(facts) + 1 and stop.bm25_scores("the magnet", ["stop", "magnet"])[0] == 0.0
+    assert stop.search("magnet", retriever="bm25")[0]["id"] == "magnet"
     # A query made only of stop words or unknown words scores zero everywhere and finds nothing.
     assert kb.search("the of and zzzqqq", retriever="bm25") == []
     np.testing.assert_array_equal(kb.bm25_scores("the zzzqqq", ["bee", "owl"]), [0.0, 0.0])
@@ -238,3 +243,20 @@ def test_dense_kb_load_verifies_and_queries_without_torch(tmp_path: Path, facts:
     onnx.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"encoder/model_quantized\.onnx: sha256 differs"):
         KnowledgeBase.load(out)
+
+
+def test_config_round_trip_and_errors() -> None:
+    config = KBConfig(bm25=BM25Config(k1=1.1, stopwords=["foo"]), dense=None)
+    assert KBConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(InputError, match="unknown setting") as err:
+        KBConfig.from_dict({"bm25": {"k3": 1}})
+    assert err.value.field == "bm25.k3"
+    with pytest.raises(InputError, match="unknown knowledge-base setting"):
+        KBConfig.from_dict({"sparse": {}})
+
+
+def test_unknown_stemmer_is_an_input_error(tmp_path: Path, facts: list[Passage]) -> None:
+    with pytest.raises(InputError, match="no stemmer 'klingon'"):
+        KnowledgeBase.build(facts, tmp_path / "kb", config=KBConfig(bm25=BM25Config(stemmer="klingon"), dense=None),
+                            progress=False)
+    assert not (tmp_path / "kb").exists()
