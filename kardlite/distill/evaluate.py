@@ -386,6 +386,19 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
 
 # ----------------------------------------------------------------------------- reports
 
+def _partial_metrics(run_dir: Path) -> dict[str, Any]:
+    """Metrics of an evaluation that has not finished, from the rows written so far (marked partial)."""
+    settings = json.loads((run_dir / SETTINGS).read_text(encoding="utf-8"))
+    rows = list(_read_done(run_dir / PREDICTIONS).values())
+    n = len(rows)
+    return {**{k: settings.get(k) for k in ("student", "mode", "retriever", "n_docs")},
+            "name": f"{settings['name']} (partial: {n}/{len(settings['items'])})", "n": n,
+            "decoding": settings.get("decoding") or "letter-likelihood",
+            "accuracy": sum(r["correct"] for r in rows) / n if n else None,
+            "invalid_rate": sum(r["invalid"] for r in rows) / n if n else None,
+            "trimmed_prompts": sum(r["trimmed"] for r in rows)}
+
+
 _REPORT_COLUMNS = ("name", "mode", "student", "retriever", "n_docs", "decoding", "n", "accuracy", "invalid_rate",
                    "trimmed_prompts")
 
@@ -406,9 +419,12 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     rows = []
     for d in run_dirs:
         path = Path(d) / METRICS
-        if not path.is_file():
+        if path.is_file():
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+        elif (Path(d) / PREDICTIONS).is_file() and (Path(d) / SETTINGS).is_file():
+            rows.append(_partial_metrics(Path(d)))
+        else:
             raise ArtifactError(f"{d}: no {METRICS} (run `kardlite eval` first, or let it finish)")
-        rows.append(json.loads(path.read_text(encoding="utf-8")))
     out = Path(out)
 
     def cell(row: dict[str, Any], col: str) -> str:

@@ -49,6 +49,11 @@ def test_ft_letter_scoring_and_resume(tmp_path, tiny_llama_dir):
     assert [r["id"] for r in again] == [it.id for it in ITEMS] and m2["accuracy"] == m["accuracy"]
     with pytest.raises(ArtifactError, match="other settings"):
         evaluate(student, ITEMS, tmp_path / "ev", EvalConfig(mode="rd"))
+    # an unfinished evaluation still shows up in a report, marked partial
+    path.write_text("".join(lines[:3]))
+    (tmp_path / "ev" / "metrics.json").unlink()
+    text = write_report([tmp_path / "ev"], tmp_path / "r.md").read_text()
+    assert "ev (partial: 3/6)" in text and "| 3 |" in text
 
 
 def test_kard_generation_with_retrieval_hook_and_self_consistency(tmp_path, tiny_llama_dir):
