@@ -1,0 +1,178 @@
+"""The runtime on a real (tiny) bundle: answers, streaming, voting, training-identical prompts, concurrency,
+bad inputs, the CLI, and a run with torch made unimportable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kardlite.data.records import QAItem
+from kardlite.errors import InputError
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    ("What does digoxin inhibit in cardiac myocytes?", ["sodium-potassium ATPase", "carbonic anhydrase",
+                                                       "beta-1 receptors", "calcium channels"]),
+    ("Which valves close at the start of isovolumetric contraction?", ["mitral and tricuspid", "aortic", "pulmonary"]),
+    ("What is minoxidil used for?", ["severe hypertension", "asthma"]),
+    ("What can prolonged nitroprusside infusion cause?", None),
+]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle: Path) -> Iterator:
+    from kardlite.runtime import load
+
+    with load(tiny_bundle, threads=2) as p:
+        yield p
+
+
+def _key(ans: dict) -> tuple:
+    passages, candidates = tuple(p["id"] for p in ans["passages"]), tuple(c["id"] for c in ans["candidates"])
+    return ans["text"], ans["letter"], passages, candidates
+
+
+def test_answer_shape(pipe) -> None:
+    q, opts = QUESTIONS[0]
+    ans = pipe.ask(q, opts)
+    assert ans["question"] == q and ans["options"] == opts
+    assert 1 <= len(ans["passages"]) <= 3 and len(ans["candidates"]) == 8
+    assert [p["rank"] for p in ans["passages"]] == list(range(1, len(ans["passages"]) + 1))
+    reranks = [p["rerank_score"] for p in ans["passages"]]
+    assert reranks == sorted(reranks, reverse=True)
+    first_stage = {c["id"]: c["score"] for c in ans["candidates"]}
+    assert all(p["first_stage_score"] == pytest.approx(first_stage[p["id"]]) for p in ans["passages"])
+    assert ans["valid"] == (ans["letter"] is not None) and ans["votes"] is None and ans["samples"] is None
+    if ans["valid"]:
+        assert ans["answer"] == opts[ans["index"]]
+    t = ans["timings"]
+    assert set(t) == {"retrieve", "rerank", "prompt", "prefill", "generate", "total"}
+    assert all(v >= 0 for v in t.values()) and t["total"] >= t["generate"] + t["rerank"] + t["retrieve"]
+    assert 0 < ans["tokens"]["prompt"] <= ans["tokens"]["budget"] == 512
+    assert 1 <= ans["tokens"]["generated"] <= 24
+
+
+def test_prompt_is_the_training_prompt(pipe, tiny_student: Path) -> None:
+    """Runtime prompt (llama.cpp counts, template from the GGUF) == training prompt (transformers tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from kardlite.prompts import build_prompt
+
+    tok = AutoTokenizer.from_pretrained(tiny_student)
+    item = QAItem("x", QUESTIONS[0][0], tuple(QUESTIONS[0][1]), None)
+    passages = pipe.kb.get([h["id"] for h in pipe.kb.search(item.linearize(), 3, retriever="bm25")])
+    ours = pipe._build(item, passages)
+    theirs = build_prompt(item, "kard", passages=passages, max_tokens=512, chat_template=tok.chat_template,
+                          count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
+                          bos_token=tok.bos_token, eos_token=tok.eos_token)
+    assert ours == theirs
+    assert pipe._tokenize(ours.text) == tok(theirs.text, add_special_tokens=False)["input_ids"]
+
+
+def test_stream_yields_passages_tokens_then_the_answer(pipe) -> None:
+    events = list(pipe.stream(*QUESTIONS[1]))
+    assert events[0]["type"] == "passages" and events[-1]["type"] == "answer"
+    tokens = [e for e in events if e["type"] == "token"]
+    assert tokens and all(e["sample"] == 0 for e in tokens)
+    answer = events[-1]["answer"]
+    assert "".join(e["text"] for e in tokens) == answer["text"]
+    assert _key(answer) == _key(pipe.ask(*QUESTIONS[1]))
+
+
+def test_self_consistency_votes(pipe) -> None:
+    ans = pipe.ask(*QUESTIONS[0], samples=3, seed=7, max_new_tokens=8)
+    assert ans["samples"] is not None and len(ans["samples"]) == 3
+    assert isinstance(ans["votes"], dict) and sum(ans["votes"].values()) <= 3
+    if ans["votes"]:
+        assert ans["letter"] == max(ans["votes"], key=ans["votes"].get)
+    again = pipe.ask(*QUESTIONS[0], samples=3, seed=7, max_new_tokens=8)
+    assert again["samples"] == ans["samples"]  # seeded
+
+
+def test_free_text_answer(pipe) -> None:
+    ans = pipe.ask(QUESTIONS[3][0])
+    assert ans["options"] == [] and ans["letter"] is None and ans["index"] is None
+    assert ans["answer"] == (ans["rationale"] or None)
+
+
+def test_concurrent_asks_equal_sequential(pipe) -> None:
+    work = [QUESTIONS[i % len(QUESTIONS)] for i in range(8)]
+    sequential = [_key(pipe.ask(q, o)) for q, o in work]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda qo: _key(pipe.ask(*qo)), work))
+    assert concurrent == sequential
+    assert len({s[0] for s in sequential}) == len(QUESTIONS)  # different questions, different answers
+
+
+@pytest.mark.parametrize(("question", "options", "field", "message"), [
+    ("", ["a", "b"], "question", "empty"),
+    ("   \n", None, "question", "empty"),
+    ("Which one?", ["only"], "options", "one option"),
+    ("Which one?", [f"option {i}" for i in range(20)], "options", "20 options; at most 10"),
+    ("x" * 100_000, ["a", "b"], "question", "100,000 characters"),
+    ("Which one?", ["a", " "], "options", "option B is empty"),
+    ("Which one?", "ab", "options", "not one string"),
+])
+def test_bad_input_is_a_clear_error(pipe, question, options, field: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        pipe.ask(question, options)
+    assert info.value.field == field
+
+
+def test_bad_settings_and_recovery(pipe) -> None:
+    for kwargs, field in (({"n_docs": 0}, "n_docs"), ({"samples": 0}, "samples"), ({"max_new_tokens": -1},
+                          "max_new_tokens"), ({"temperature": -1.0}, "temperature"),
+                          ({"max_new_tokens": 5000}, "max_new_tokens")):
+        with pytest.raises(InputError) as info:
+            pipe.ask(*QUESTIONS[2], **kwargs)
+        assert info.value.field == field
+    # A question whose stem alone is over the token budget (but under the character limit).
+    with pytest.raises(InputError, match="over the budget"):
+        pipe.ask("word " * 800, ["a", "b"])
+    assert pipe.ask(*QUESTIONS[2])["tokens"]["generated"] > 0  # still works
+
+
+def test_cli_ask(tiny_bundle: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kardlite.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["ask", str(tiny_bundle), QUESTIONS[2][0], "-o", "severe hypertension", "-o", "asthma",
+                                 "--json", "--threads", "1", "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    ans = json.loads(result.stdout)
+    assert ans["options"] == ["severe hypertension", "asthma"] and ans["tokens"]["generated"] <= 6
+    bad = runner.invoke(app, ["ask", str(tiny_bundle), "Which?", "-o", "only one"])
+    assert bad.exit_code == 2 and "one option" in bad.output
+
+
+def test_runs_with_torch_unimportable(tiny_bundle: Path) -> None:
+    code = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers", "optimum", "accelerate", "peft"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from kardlite.runtime import load
+        pipe = load({str(tiny_bundle)!r}, threads=1)
+        ans = pipe.ask("What does digoxin inhibit?", ["sodium-potassium ATPase", "carbonic anhydrase"],
+                       max_new_tokens=4)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum"))
+        print(json.dumps({{"passages": len(ans["passages"]), "generated": ans["tokens"]["generated"],
+                           "heavy": heavy, "reranked": ans["passages"][0]["rerank_score"] is not None}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"passages": 3, "generated": out["generated"], "heavy": [], "reranked": True}
+    assert 1 <= out["generated"] <= 4
