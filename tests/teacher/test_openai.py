@@ -128,14 +128,16 @@ def test_malformed_response_is_a_clear_error(loopback, payload: bytes) -> None:
 
 
 def test_server_down_is_a_clear_error() -> None:
-    with socket.socket() as s:  # a port that nothing listens on
+    # A port bound but not listening refuses connections, and stays ours for the whole test.
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    teacher = OpenAITeacher("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", backoff=0.01, max_retries=1)
-    with pytest.raises(TeacherError, match="cannot connect to the teacher"):
-        teacher.complete(MESSAGES, 1)
-    with pytest.raises(TeacherError, match="cannot connect to the teacher"):
-        teacher.check()
+        teacher = OpenAITeacher("m", base_url=f"http://127.0.0.1:{port}/v1", api_key="k", backoff=0.01,
+                                max_retries=1, timeout=10)
+        with pytest.raises(TeacherError, match="cannot connect to the teacher"):
+            teacher.complete(MESSAGES, 1)
+        with pytest.raises(TeacherError, match="cannot connect to the teacher"):
+            teacher.check()
 
 
 def test_refused_model_name_is_caught_by_the_model_list(loopback) -> None:

@@ -154,8 +154,10 @@ def test_cli_server_down_is_one_line_exit_2(tmp_path: Path) -> None:
 
     task = tmp_path / "task.jsonl"
     task.write_text(json.dumps({"id": "q", "question": "?", "options": ["a", "b"], "answer": "A"}) + "\n")
-    out = CliRunner().invoke(app, ["teach", str(task), "--out", str(tmp_path / "s"), "--base-url",
-                                   f"http://127.0.0.1:{_free_port()}/v1", "--model", "m", "--max-retries", "0",
-                                   "--quiet"])
+    with socket.socket() as s:  # bound, not listening: connections are refused, and nobody else gets the port
+        s.bind(("127.0.0.1", 0))
+        out = CliRunner().invoke(app, ["teach", str(task), "--out", str(tmp_path / "s"), "--base-url",
+                                       f"http://127.0.0.1:{s.getsockname()[1]}/v1", "--model", "m",
+                                       "--max-retries", "0", "--timeout", "10", "--quiet"])
     assert out.exit_code == 2
     assert out.stderr.strip().count("\n") == 0 and "cannot connect to the teacher" in out.stderr
