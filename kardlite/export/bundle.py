@@ -134,7 +134,7 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
         reranker_dir: a reranker folder, torch (exported to ONNX int8 here) or already ONNX; None = no
             reranker, the first stage's top ``n_docs`` are shown to the student.
         quant: GGUF type of the student (``Q4_K_M``, ``Q8_0``, ``Q4_0``, ``f16``); ignored for a ``.gguf``.
-        name: bundle folder name; default ``<student name>-<quant>``.
+        name: bundle folder name; default ``<student name>-<quant>`` (a ``.gguf``: its file name stem).
         mode: prompt mode ("kard" or "rd"); default from the student's record, else "kard".
         max_tokens: prompt token budget; default the student's ``max_source_tokens``, else 512.
         first_stage: "bm25", "dense" or "hybrid"; default hybrid when the KB has a dense index, else bm25.
@@ -182,7 +182,9 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
     info = _student_info(student) if student.is_dir() else {}
     mode = mode or info.get("mode") or "kard"
     max_tokens = int(max_tokens or info.get("max_source_tokens") or 512)
-    name = name or f"{(student.stem if student.is_file() else student.name)}-{quant}"
+    # A trained student sits in <run>/model: name the bundle after the run, not "model".
+    stem = student.stem if student.is_file() else (student.parent.name if student.name == "model" else student.name)
+    name = name or (stem if student.is_file() else f"{stem}-{quant}")
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"bad bundle name {name!r}", field="name")
     out = Path(out_dir) / name
