@@ -149,7 +149,7 @@ HNSW index over its embeddings. `KnowledgeBase.load(path)` opens it again in wel
     ("code", '''\
 kb = KnowledgeBase.build(passages, WORK / "02_data_and_kb" / "kb", progress=False)
 print(kb)
-pd.Series(kb.manifest["timings"], name="seconds").round(2)
+pd.Series(kb.manifest["build"]["seconds"], name="seconds").round(2)
 '''),
     ("code", '''\
 query = items[0].linearize()

@@ -128,7 +128,7 @@ def timings_markdown(answer: Mapping[str, Any]) -> str:
                                                for name, key in stages]
     if tok:
         lines.append(f"\nPrompt {tok.get('prompt')} tokens (budget {tok.get('budget')}), generated "
-                     f"{tok.get('generated')} tokens at {tok.get('decode_per_s', 0):.0f} tokens/s"
+                     f"{tok.get('generated')} tokens at {tok.get('decode_per_s', 0):.1f} tokens/s"
                      + ("; passages trimmed to fit" if tok.get("passages_trimmed") else "") + ".")
     return "\n".join(lines)
 
