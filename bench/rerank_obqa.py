@@ -114,7 +114,8 @@ def evaluate(args: argparse.Namespace) -> None:
             else "torch"
         rerankers[name] = Reranker.load(path, backend=backend, threads=args.threads)
     if args.untrained:
-        rerankers["untrained (fresh head)"] = Reranker.from_pretrained(seed=args.seed)
+        # the exact starting point of training: same seed, same layers, fresh head
+        rerankers["untrained (fresh head)"] = Reranker.from_pretrained(seed=args.seed, num_layers=args.num_layers)
     report: dict[str, object] = {"n_dev_questions": len(dev_items), "n_with_fact1_in_book": n_gold}
 
     # (a) candidate metrics on the question-disjoint dev queries
@@ -182,6 +183,7 @@ def main() -> None:
     e.add_argument("--no-candidates", action="store_true", help="skip the candidate metrics (a)")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--seed", type=int, default=42)
+    e.add_argument("--num-layers", type=int, default=None, help="layers of the untrained starting point")
     e.add_argument("--out", type=Path, default=ROOT / "runs/rerank-obqa/eval.json")
     args = ap.parse_args()
     if args.cmd == "prepare":

@@ -30,7 +30,8 @@ def train(
     tau1_end: Annotated[float | None, typer.Option(help="Anneal tau1 linearly to this.")] = None,
     tau2: Annotated[float, typer.Option(help="Temperature on reranker logits (start).")] = 1.0,
     tau2_end: Annotated[float | None, typer.Option(help="Anneal tau2 linearly to this.")] = None,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-5,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-4,
+    head_lr_mult: Annotated[float, typer.Option(help="LR multiplier for the fresh head (classifier+pooler).")] = 1.0,
     epochs: Annotated[int, typer.Option()] = 2,
     queries_per_batch: Annotated[int, typer.Option(help="Queries per step (each with its <= 8 candidates).")] = 8,
     max_length: Annotated[int, typer.Option(help="Token cap for question + passage.")] = 128,
@@ -48,7 +49,7 @@ def train(
 
     data_dir = data or out.with_name(out.name + ".data")
     config = RerankTrainConfig(base_model=base_model, objective=objective, tau1=tau1, tau1_end=tau1_end,  # type: ignore[arg-type]
-                               tau2=tau2, tau2_end=tau2_end, lr=lr, epochs=epochs,
+                               tau2=tau2, tau2_end=tau2_end, lr=lr, head_lr_mult=head_lr_mult, epochs=epochs,
                                queries_per_batch=queries_per_batch, max_length=max_length,
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
                                num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries)

@@ -79,5 +79,6 @@ def toy_reranker_dir(tmp_path_factory: pytest.TempPathFactory, toy_split) -> Pat
     from kardlite.rerank.train import RerankTrainConfig, train_reranker
 
     out = tmp_path_factory.mktemp("toyrr") / "reranker"
-    cfg = RerankTrainConfig(epochs=3, queries_per_batch=8, lr=2e-4, num_layers=3, max_length=64, seed=0, threads=2)
+    cfg = RerankTrainConfig(epochs=3, queries_per_batch=8, lr=2e-4, head_lr_mult=20, num_layers=3, max_length=64,
+                            seed=0, threads=2)
     return train_reranker(toy_split, out, cfg, progress=False)

@@ -57,14 +57,13 @@ def test_onnx_round_trip_matches_torch(toy_reranker_dir: Path, trained: Reranker
     fp32_dir = export_reranker_onnx(toy_reranker_dir, tmp_path / "fp32", quantize=False)
     texts = [p.contents for p in toy_kb.get([h["id"] for h in toy_kb.search(QUERY, 20, "bm25")])]
     ref = trained.score(QUERY, texts)
-    np.testing.assert_allclose(Reranker.load(fp32_dir, backend="onnx").score(QUERY, texts), ref, atol=1e-3)
+    # fp32 ONNX is the same function: same scores, hence the same ranking up to ties within 1e-4
+    fp32 = Reranker.load(fp32_dir, backend="onnx").score(QUERY, texts)
+    np.testing.assert_allclose(fp32, ref, atol=1e-4)
+    # int8 stays close in absolute terms. Whether it keeps the ranking depends on the model's score spread;
+    # bench/rerank.py measures that (top-5 overlap, NDCG@10) on a real model.
     q = Reranker.load(int8_dir, backend="onnx").score(QUERY, texts)
-    spread = float(ref.max() - ref.min())
-    err = float(np.max(np.abs(q - ref)))
-    # int8 moves scores a little, not the ranking's shape (near-ties may swap)
-    assert err < 0.25 * spread, (err, spread)
-    assert np.argmax(q) in set(np.argsort(-ref)[:3]), (q, ref)
-    assert len(set(np.argsort(-q)[:5]) & set(np.argsort(-ref)[:5])) >= 3, (q, ref)
+    assert np.max(np.abs(q - ref)) < 0.05, (q, ref)
 
 
 def test_onnx_backend_never_imports_torch(int8_dir: Path) -> None:
