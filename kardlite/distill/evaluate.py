@@ -207,6 +207,19 @@ def score_letters(student: Student, prompts: list[list[int]], n_options: list[in
     return out
 
 
+def decode_until_stop(tokenizer: Any, seqs: list[list[int]], stop_ids: Sequence[int]) -> list[str]:
+    """Decode each generated sequence up to (not including) its first stop token.
+
+    Skipping special tokens instead would glue ``Answer: B`` to whatever the model wrote after its eos
+    (``Answer: Buser``), which no longer parses.
+    """
+    out = []
+    for seq in seqs:
+        end = next((i for i, t in enumerate(seq) if t in stop_ids), len(seq))
+        out.append(tokenizer.decode(seq[:end], skip_special_tokens=True))
+    return out
+
+
 def generate(student: Student, prompts: list[list[int]], n_options: list[int], cfg: EvalConfig) -> list[list[str]]:
     """Generate one (greedy) or ``cfg.samples`` (self-consistency) outputs per prompt; returns texts per prompt."""
     import torch
@@ -221,16 +234,25 @@ def generate(student: Student, prompts: list[list[int]], n_options: list[int], c
         ids, mask = _left_pad(prompts, tok.pad_token_id)
         skip = ids.shape[1]
     row_options = [n for n in n_options for _ in range(n_ret)]
+    # A student is trained to end its target with the tokenizer's eos token, which need not be the model's
+    # generation eos (SmolLM2 from GGUF: <|im_start|> vs <|im_end|>): stop on either.
+    gen_eos = model.generation_config.eos_token_id
+    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+    stop_ids = sorted({i for i in [tok.eos_token_id, *gen_eos] if i is not None})
+
+    def _texts(seqs: Any) -> list[str]:
+        return decode_until_stop(tok, seqs.tolist(), stop_ids)
 
     class _StopAtAnswer(StoppingCriteria):
         # Stop a row once it has written a complete "Answer: X": the rest would be discarded anyway.
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            texts = tok.batch_decode(input_ids[:, skip:], skip_special_tokens=True)
-            return torch.tensor([_answer_done(t, n) for t, n in zip(texts, row_options, strict=True)],
+            texts = _texts(input_ids[:, skip:])
+            ended = [bool(set(row) & set(stop_ids)) for row in input_ids[:, skip:].tolist()]
+            return torch.tensor([e or _answer_done(t, n) for t, e, n in zip(texts, ended, row_options, strict=True)],
                                 dtype=torch.bool, device=input_ids.device)
 
     kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
-                              "stopping_criteria": StoppingCriteriaList([_StopAtAnswer()])}
+                              "eos_token_id": stop_ids, "stopping_criteria": StoppingCriteriaList([_StopAtAnswer()])}
     if cfg.decoding == "sc":
         kwargs.update(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
                       num_return_sequences=cfg.samples)
@@ -238,7 +260,7 @@ def generate(student: Student, prompts: list[list[int]], n_options: list[int], c
         kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    texts = tok.batch_decode(out[:, skip:] if student.kind == "causal" else out, skip_special_tokens=True)
+    texts = _texts(out[:, skip:])
     return [texts[i * n_ret:(i + 1) * n_ret] for i in range(len(prompts))]
 
 

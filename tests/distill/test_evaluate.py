@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from kardlite.distill.evaluate import EvalConfig, _answer_done, evaluate, make_retriever, vote, write_report
+from kardlite.distill.evaluate import (
+    EvalConfig,
+    _answer_done,
+    decode_until_stop,
+    evaluate,
+    make_retriever,
+    vote,
+    write_report,
+)
 from kardlite.distill.student import load_student
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
@@ -27,6 +35,17 @@ def test_parsing_and_early_stop_rule():
     assert not _answer_done("... Answer: A", 4)  # "A" might still grow into "Apples"
     assert _answer_done("... Answer: A\n", 4)
     assert not _answer_done("Answer: Z.", 4)
+
+
+def test_output_is_cut_at_the_trained_eos(smol_tokenizer):
+    # Regression: SmolLM2 students end with <|im_start|> (the tokenizer's eos); text after it must not be glued on.
+    tok = smol_tokenizer
+    seq = tok("Plants release oxygen.\nAnswer: B", add_special_tokens=False)["input_ids"]
+    seq = [*seq, tok.eos_token_id, *tok("user\nAnswer: A", add_special_tokens=False)["input_ids"]]
+    glued = tok.decode(seq, skip_special_tokens=True)
+    assert parse_answer(glued, 4) != 1
+    (text,) = decode_until_stop(tok, [seq], [tok.eos_token_id])
+    assert text.endswith("Answer: B") and parse_answer(text, 4) == 1
 
 
 def test_ft_letter_scoring_and_resume(tmp_path, tiny_llama_dir):

@@ -89,3 +89,22 @@ def test_seq2seq_student_trains_and_scores(tmp_path, tiny_kb, tiny_t5_dir):
     student = load_student(model_dir)
     assert student.kind == "seq2seq" and not student.use_chat_template
     assert "<|im_start|>" not in student.prompt(ITEMS[0], "rd").text
+
+
+def test_prompt_budget_is_respected_and_answer_line_survives_target_cut(tmp_path, kard_examples, tiny_llama_dir):
+    from kardlite.distill.examples import read_examples
+    from kardlite.distill.train import _featurize
+
+    student = load_student(tiny_llama_dir)
+    row = read_examples(kard_examples)[0]
+    full = student.prompt(row["item"], "kard", passages=[], max_tokens=512)
+    budget = full.n_tokens + 4  # not enough room for a whole passage
+    cfg = _cfg(tiny_llama_dir, max_source_tokens=budget, max_target_tokens=12)
+    stats = {"trimmed_prompts": 0, "truncated_targets": 0}
+    feat = _featurize(student, row, cfg, stats)
+    n_prompt = sum(1 for t in feat.labels if t == -100)
+    assert n_prompt <= budget and stats == {"trimmed_prompts": 1, "truncated_targets": 1}
+    text = student.tokenizer.decode(feat.input_ids)
+    assert all(f"{letter}. {opt}" in text for letter, opt in zip("ABCD", row["item"].options, strict=True))
+    target = student.tokenizer.decode([t for t in feat.labels if t != -100])
+    assert target.rstrip().endswith("Answer: A" + student.tokenizer.eos_token) and len(feat.labels) - n_prompt <= 12
