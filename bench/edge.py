@@ -186,7 +186,10 @@ def _run_child(kind: str, bundle: Path, student: Path, args: argparse.Namespace)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Keep each configuration's raw numbers as soon as they exist: a later failure must not lose them.
+    (Path(args.work) / f"child-{kind}-{bundle.name}.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _summary(res: dict) -> dict:
