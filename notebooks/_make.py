@@ -559,8 +559,18 @@ def strip(nb):  # -> nbformat.NotebookNode
     for i, cell in enumerate(nb.cells):
         cell.metadata = {}
         cell.id = f"c{i:02d}"  # stable ids: no random churn in diffs
+        outputs = []
         for out in cell.get("outputs", []):
-            out.get("metadata", {}).clear() if out.get("output_type") in ("display_data", "execute_result") else None
+            if out.get("output_type") in ("display_data", "execute_result"):
+                out.metadata = {}
+            # One output per stream, as Jupyter shows it (streamed tokens would otherwise be one output each).
+            if out.get("output_type") == "stream" and outputs and outputs[-1].get("output_type") == "stream" \
+                    and outputs[-1].name == out.name:
+                outputs[-1].text += out.text
+            else:
+                outputs.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
     return nb
 
 
