@@ -326,11 +326,11 @@ On a CPU this is a tiny slice with a few dozen steps, so the numbers show the pi
 
 """ + MODE_LINE + "*"),
     ("code", PARAMS_COMMON + '''\
-N_TRAIN = 12 if FAST else 108          # training questions (2 rationales each)
-MAX_STEPS = 2 if FAST else 40          # optimiser steps per student
+N_TRAIN = 8 if FAST else 108           # training questions (2 rationales each)
+MAX_STEPS = 1 if FAST else 40          # optimiser steps per student
 BATCH = 2 if FAST else 4
-N_TEST = 4 if FAST else 27             # demo test questions evaluated (greedy)
-MAX_NEW_TOKENS = 48 if FAST else 160
+N_TEST = 2 if FAST else 27             # demo test questions evaluated (greedy)
+MAX_NEW_TOKENS = 32 if FAST else 160
 N_DOCS = 2                             # passages shown to the KARD student
 OUT = WORK / "04_student"
 '''),
