@@ -1,14 +1,21 @@
 """The KARD reranker: a cross-encoder f(question, passage) -> score, with a torch or an ONNX backend.
 
+Scorer: encoder (``AutoModel``) over ``[CLS] query [SEP] passage [SEP]`` → masked mean of the last hidden
+states → ``Linear(hidden, 1)``. Mean pooling, not ``[CLS]``: all-MiniLM-L6-v2 was trained with mean pooling and
+its ``[CLS]`` state is practically the same for every input (std 1.7e-4 against a norm of 9.7, see
+docs/results/reranker-obqa.md), so a ``[CLS]`` head starts with no signal and a short CPU run does not learn.
+
 The model knows nothing about training (that lives in ``kardlite.rerank.train``). A saved reranker folder
-describes itself: the HF model files (``save_pretrained``), ``tokenizer.json``, and ``reranker.json`` with the
-max length, the query format and the library versions. The ONNX backend reads ``model.onnx`` (or
-``model_quantized.onnx``) with onnxruntime and tokenises with the ``tokenizers`` library, so it never imports
-torch.
+describes itself: the encoder (``save_pretrained``), the head (``head.safetensors``: ``weight`` (1, hidden),
+``bias`` (1,)), ``tokenizer.json``, and ``reranker.json`` (``"head": "mean_linear"``, max length, query format,
+library versions). The ONNX backend runs the exported encoder (``model.onnx`` or ``model_quantized.onnx``) with
+onnxruntime, pools and applies the head (``head.npz``) in numpy and tokenises with ``tokenizers``, so it never
+imports torch.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.resources
 from collections.abc import Mapping, Sequence
@@ -23,7 +30,11 @@ from kardlite.kb.passage import Hit, Passage
 
 Backend = Literal["torch", "onnx"]
 CONFIG_NAME = "reranker.json"
-FORMAT_VERSION = 1
+# 2: mean-pooling head (encoder + head.safetensors). 1 was a [CLS] sequence-classification head: not loadable.
+FORMAT_VERSION = 2
+HEAD_KIND = "mean_linear"
+HEAD_FILE = "head.safetensors"  # torch folder
+HEAD_NPZ = "head.npz"  # ONNX folder: the same weights for numpy (the runtime has no safetensors)
 # Passage text and the query are scored as a sentence pair: [CLS] query [SEP] passage [SEP].
 QUERY_FORMAT = "linearized question (stem, then 'A. option' lines) as the first segment, passage contents second"
 DEFAULT_MAX_LENGTH = 128
@@ -68,8 +79,8 @@ def _text_of(p: PassageLike, i: int) -> tuple[str, dict[str, Any]]:
 class Reranker:
     """Cross-encoder reranker: scores (query, passage) pairs and sorts passages by that score.
 
-    Build a fresh one with :meth:`from_pretrained` (a new 1-logit head on an encoder; the default is the
-    packaged all-MiniLM-L6-v2), or :meth:`load` a saved one.
+    Build a fresh one with :meth:`from_pretrained` (a new mean-pooling 1-logit head on an encoder; the default
+    is the packaged all-MiniLM-L6-v2), or :meth:`load` a saved one.
 
     Example:
         >>> rr = Reranker.load("runs/obqa/reranker", backend="onnx")   # doctest: +SKIP
@@ -78,12 +89,15 @@ class Reranker:
     """
 
     def __init__(self, *, backend: Backend, tokenizer: Any, max_length: int, model: Any = None,
-                 session: Any = None, path: Path | None = None, meta: dict[str, Any] | None = None) -> None:
+                 session: Any = None, head: tuple[np.ndarray, float] | None = None, path: Path | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
-        self.model = model  # torch: a transformers AutoModelForSequenceClassification (maybe peft-wrapped)
-        self.session = session  # onnx: an onnxruntime.InferenceSession
+        # torch: a MeanPoolScorer module (``.encoder``, maybe peft-wrapped, and ``.head``); forward -> (N,) scores
+        self.model = model
+        self.session = session  # onnx: an onnxruntime.InferenceSession of the encoder
+        self.head = head  # onnx: (weight (hidden,) float32, bias)
         self.path = path
         self.meta = dict(meta or {})
 
@@ -92,7 +106,11 @@ class Reranker:
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
                         lora: Mapping[str, Any] | None = None, num_layers: int | None = None,
                         seed: int = 42) -> Reranker:
-        """A trainable reranker: an encoder with a freshly initialised 1-logit regression head (torch backend).
+        """A trainable reranker: an encoder, masked mean pooling and a fresh ``Linear(hidden, 1)`` head (torch).
+
+        The head starts small (normal, std = the encoder's ``initializer_range``, zero bias): the initial scores
+        are nearly equal, but the pooled states differ between passages, so the head gets a useful gradient at
+        once (unlike a ``[CLS]`` head on all-MiniLM-L6-v2).
 
         Args:
             name_or_path: HF model id or local folder; None = the packaged all-MiniLM-L6-v2.
@@ -108,7 +126,7 @@ class Reranker:
         """
         try:
             import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoModel, AutoTokenizer
         except ImportError as err:
             raise MissingExtraError(err.name or "torch", "train") from None
         base = str(name_or_path) if name_or_path is not None else default_base_model()
@@ -116,11 +134,15 @@ class Reranker:
             raise InputError(f"max_length {max_length} is too small (need >= 16)", field="max_length")
         torch.manual_seed(seed)
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        encoder = AutoModel.from_pretrained(base)
         if num_layers is not None:
-            _truncate_layers(model, num_layers)
+            _truncate_layers(encoder, num_layers)
         if lora:
-            model = _wrap_lora(model, lora)
+            encoder = _wrap_lora(encoder, lora)
+        head = torch.nn.Linear(encoder.config.hidden_size, 1)
+        torch.nn.init.normal_(head.weight, std=float(getattr(encoder.config, "initializer_range", 0.02)))
+        torch.nn.init.zeros_(head.bias)
+        model = _scorer_class()(encoder, head)
         model.eval()
         return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model,
                    meta={"base_model": base, "lora": dict(lora) if lora else None, "num_layers": num_layers})
@@ -144,20 +166,38 @@ class Reranker:
         if not cfg_path.is_file():
             raise ArtifactError(f"{path} is not a reranker folder: {CONFIG_NAME} is missing")
         meta = read_json(cfg_path)
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{cfg_path}: unknown reranker format {meta.get('format_version')!r}"
-                                if isinstance(meta, dict) else f"{cfg_path}: not a JSON object")
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{cfg_path}: not a JSON object")
+        if meta.get("format_version") == 1:
+            raise ArtifactError(f"{path} is a format-1 reranker ([CLS] classification head, replaced by the "
+                                "mean-pooling head); retrain it with `kardlite train reranker`")
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("head") != HEAD_KIND:
+            raise ArtifactError(f"{cfg_path}: unknown reranker format {meta.get('format_version')!r} "
+                                f"(head {meta.get('head')!r}); expected {FORMAT_VERSION} ({HEAD_KIND!r})")
         max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH))
         if backend == "torch":
             try:
-                from transformers import AutoModelForSequenceClassification, AutoTokenizer
+                import torch
+                from safetensors.torch import load_file
+                from transformers import AutoModel, AutoTokenizer
             except ImportError as err:
                 raise MissingExtraError(err.name or "transformers", "train") from None
             if not (path / "config.json").is_file():
                 raise ArtifactError(f"{path} has no torch weights (config.json); is it an ONNX export? "
                                     "Use backend='onnx'")
+            if not (path / HEAD_FILE).is_file():
+                raise ArtifactError(f"{path} has no {HEAD_FILE}")
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path)
+            encoder = AutoModel.from_pretrained(path)
+            hidden = int(encoder.config.hidden_size)
+            weights = load_file(str(path / HEAD_FILE))
+            if weights.get("weight") is None or tuple(weights["weight"].shape) != (1, hidden) \
+                    or weights.get("bias") is None or tuple(weights["bias"].shape) != (1,):
+                raise ArtifactError(f"{path / HEAD_FILE}: expected weight (1, {hidden}) and bias (1,), got "
+                                    f"{ {k: tuple(v.shape) for k, v in weights.items()} }")
+            head = torch.nn.Linear(hidden, 1)
+            head.load_state_dict({"weight": weights["weight"].float(), "bias": weights["bias"].float()})
+            model = _scorer_class()(encoder, head)
             model.eval()
             return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model, path=path, meta=meta)
         if backend == "onnx":
@@ -170,6 +210,7 @@ class Reranker:
                                     "`kardlite rerank export`")
             if not (path / "tokenizer.json").is_file():
                 raise ArtifactError(f"{path} has no tokenizer.json")
+            head = _load_npz_head(path / HEAD_NPZ)
             tok = Tokenizer.from_file(str(path / "tokenizer.json"))
             tok.enable_truncation(max_length=max_length, strategy="longest_first")
             pad_id = int(meta.get("pad_token_id", 0))
@@ -178,7 +219,7 @@ class Reranker:
             if threads:
                 opts.intra_op_num_threads = int(threads)
             session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-            return cls(backend="onnx", tokenizer=tok, max_length=max_length, session=session, path=path,
+            return cls(backend="onnx", tokenizer=tok, max_length=max_length, session=session, head=head, path=path,
                        meta={**meta, "onnx_file": onnx_file.name})
         raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'", field="backend")
 
@@ -217,17 +258,20 @@ class Reranker:
 
             enc = self.encode(pairs)
             with torch.inference_mode():
-                logits = self.model(**enc).logits
-            return logits[:, 0].float().cpu().numpy()
+                scores = self.model(**enc)
+            return scores.float().cpu().numpy()
         encs = self.tokenizer.encode_batch([(q, t) for q, t in pairs])
-        feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64)}
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64), "attention_mask": mask}
         names = {i.name for i in self.session.get_inputs()}
         if "token_type_ids" in names:
             feeds["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
         feeds = {k: v for k, v in feeds.items() if k in names}
-        logits = self.session.run(None, feeds)[0]
-        return np.asarray(logits, dtype=np.float32)[:, 0]
+        outputs = [o.name for o in self.session.get_outputs()]
+        want = ["last_hidden_state"] if "last_hidden_state" in outputs else outputs[:1]
+        hidden = np.asarray(self.session.run(want, feeds)[0], dtype=np.float32)
+        weight, bias = self.head  # type: ignore[misc]
+        return (mean_pool(hidden, mask) @ weight + bias).astype(np.float32)
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> Any:
         """Tokenise pairs for the torch model (dynamic padding, longest-first truncation); used by training too."""
@@ -274,12 +318,14 @@ class Reranker:
         if pad_id is None:
             pad_id = self.meta.get("pad_token_id", 0)
         keep = {k: v for k, v in self.meta.items() if k in ("base_model", "lora", "num_layers", "training", "onnx")}
-        return {"format_version": FORMAT_VERSION, "kind": "cross-encoder", "num_labels": 1,
+        return {"format_version": FORMAT_VERSION, "kind": "cross-encoder", "head": HEAD_KIND, "pooling": "mean",
+                "head_file": HEAD_FILE, "num_labels": 1,
                 "max_length": self.max_length, "truncation": "longest_first", "query_format": QUERY_FORMAT,
                 "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": _versions()}
 
     def save(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write a plain HF folder (LoRA merged in) + ``tokenizer.json`` + ``reranker.json``, atomically.
+        """Write the encoder as a plain HF folder (LoRA merged in), ``head.safetensors``, ``tokenizer.json`` and
+        ``reranker.json``, atomically.
 
         Args:
             path: output folder (replaced if it exists).
@@ -290,14 +336,19 @@ class Reranker:
         """
         if self.backend != "torch":
             raise InputError("only a torch reranker can be saved; an ONNX one is already an export", field="backend")
-        model = self.model
-        if hasattr(model, "merge_and_unload"):  # peft: save a plain model that loads without peft
+        from safetensors.torch import save_file
+
+        encoder = self.model.encoder
+        if hasattr(encoder, "merge_and_unload"):  # peft: save a plain model that loads without peft
             import copy
 
-            model = copy.deepcopy(model).merge_and_unload()
+            encoder = copy.deepcopy(encoder).merge_and_unload()
+        head = self.model.head
         path = Path(path)
         with atomic_dir(path) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            encoder.save_pretrained(tmp, safe_serialization=True)
+            save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+                       "bias": head.bias.detach().float().cpu().contiguous()}, str(tmp / HEAD_FILE))
             self.tokenizer.save_pretrained(tmp)
             if not (tmp / "tokenizer.json").is_file():
                 raise ArtifactError(f"tokenizer of {self.meta.get('base_model')} has no fast tokenizer.json; "
@@ -310,8 +361,53 @@ class Reranker:
         return path
 
 
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked mean over tokens: (N, T, H) states and an (N, T) 0/1 mask → (N, H); the numpy twin of the torch head."""
+    m = mask.astype(np.float32)[:, :, None]
+    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+
+
+def _load_npz_head(path: Path) -> tuple[np.ndarray, float]:
+    if not path.is_file():
+        raise ArtifactError(f"{path.parent} has no {path.name} (the scoring head); re-export it with "
+                            "`kardlite rerank export`")
+    with np.load(path, allow_pickle=False) as z:
+        if "weight" not in z or "bias" not in z:
+            raise ArtifactError(f"{path}: expected arrays 'weight' and 'bias', got {sorted(z.files)}")
+        weight = np.asarray(z["weight"], dtype=np.float32).reshape(-1)
+        bias = np.asarray(z["bias"], dtype=np.float32).reshape(-1)
+    if bias.shape != (1,):
+        raise ArtifactError(f"{path}: bias must hold one value, got shape {bias.shape}")
+    return weight, float(bias[0])
+
+
+@functools.cache
+def _scorer_class() -> type:
+    """The torch module (built on first use, so that importing this file imports no torch)."""
+    import torch
+
+    class MeanPoolScorer(torch.nn.Module):
+        """encoder → masked mean of the last hidden states → Linear(hidden, 1); forward gives (N,) scores."""
+
+        def __init__(self, encoder: Any, head: Any) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = head
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            hidden = self.encoder(**kwargs).last_hidden_state
+            m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+            return self.head(pooled).squeeze(-1)
+
+    return MeanPoolScorer
+
+
 def _truncate_layers(model: Any, n: int) -> None:
-    encoder = getattr(getattr(model, model.base_model_prefix, None), "encoder", None)
+    encoder = getattr(getattr(model, model.base_model_prefix, model), "encoder", None)
     layers = getattr(encoder, "layer", None)
     if layers is None:
         raise InputError(f"num_layers is supported for BERT-like encoders only, not {type(model).__name__}",
@@ -331,8 +427,8 @@ def _wrap_lora(model: Any, lora: Mapping[str, Any]) -> Any:
     if unknown:
         raise InputError(f"unknown LoRA settings {sorted(unknown)}; use r, alpha, dropout, target_modules",
                          field="lora")
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-                     lora_dropout=float(lora.get("dropout", 0.1)),
+    cfg = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=int(lora.get("r", 16)),
+                     lora_alpha=int(lora.get("alpha", 32)), lora_dropout=float(lora.get("dropout", 0.1)),
                      target_modules=list(lora.get("target_modules", ["query", "value"])))
-    # TaskType.SEQ_CLS keeps the classifier head trainable (modules_to_save), as in the paper's "trained head".
+    # Only the encoder is wrapped; the mean-pooling head lives outside it and stays fully trainable.
     return get_peft_model(model, cfg)

@@ -7,9 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from kardlite._io import atomic_dir, atomic_write_json, read_json
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
-from kardlite.rerank.model import CONFIG_NAME
+from kardlite.rerank.model import CONFIG_NAME, HEAD_FILE, HEAD_NPZ
 
 Quantization = Literal["avx2", "avx512", "avx512_vnni", "arm64"]
 
@@ -18,11 +20,13 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
                          quantization: Quantization = "avx2") -> Path:
     """Export a saved reranker (``Reranker.save`` / ``train_reranker`` output) to ONNX.
 
-    Uses optimum's ``ORTModelForSequenceClassification.from_pretrained(..., export=True)``, then, with
-    ``quantize``, ``ORTQuantizer`` dynamic int8 quantisation (weights int8 per output channel, activations
-    quantised at run time). Per-channel weights halve the int8-vs-fp32 score error of per-tensor ones here.
-    The output folder holds ``model.onnx`` or ``model_quantized.onnx``, ``tokenizer.json`` and ``reranker.json``
-    (with an ``onnx`` entry), and loads with ``Reranker.load(out_dir, backend="onnx")`` without torch.
+    The encoder goes through optimum's ``ORTModelForFeatureExtraction.from_pretrained(..., export=True)``
+    (output ``last_hidden_state``), then, with ``quantize``, ``ORTQuantizer`` dynamic int8 quantisation (weights
+    int8 per output channel, activations quantised at run time). Mean pooling and the ``Linear(hidden, 1)`` head
+    run in numpy at load time, from ``head.npz`` (the head's weights, converted from ``head.safetensors``: the
+    runtime has numpy but not safetensors). The output folder holds ``model.onnx`` or ``model_quantized.onnx``,
+    ``head.npz``, ``tokenizer.json`` and ``reranker.json`` (with an ``onnx`` entry), and loads with
+    ``Reranker.load(out_dir, backend="onnx")`` without torch.
 
     Args:
         model_dir: the torch reranker folder.
@@ -35,18 +39,23 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
         ``out_dir``.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / CONFIG_NAME).is_file() or not (model_dir / "config.json").is_file():
-        raise ArtifactError(f"{model_dir} is not a saved torch reranker (needs {CONFIG_NAME} and config.json)")
+    if not all((model_dir / n).is_file() for n in (CONFIG_NAME, "config.json", HEAD_FILE)):
+        raise ArtifactError(f"{model_dir} is not a saved torch reranker (needs {CONFIG_NAME}, config.json and "
+                            f"{HEAD_FILE})")
     if quantization not in ("avx2", "avx512", "avx512_vnni", "arm64"):
         raise InputError(f"unknown quantization preset {quantization!r}", field="quantization")
     try:
-        from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+        from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
+        from safetensors.numpy import load_file
     except ImportError:
         raise MissingExtraError("optimum-onnx", "train") from None
     meta = read_json(model_dir / CONFIG_NAME)
+    head = load_file(str(model_dir / HEAD_FILE))
+    if set(head) != {"weight", "bias"}:
+        raise ArtifactError(f"{model_dir / HEAD_FILE}: expected tensors weight and bias, got {sorted(head)}")
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-export.") as work:
-        ort_model = ORTModelForSequenceClassification.from_pretrained(model_dir, export=True)
+        ort_model = ORTModelForFeatureExtraction.from_pretrained(model_dir, export=True)
         ort_model.save_pretrained(work)
         if quantize:
             qconfig = getattr(AutoQuantizationConfig, quantization)(is_static=False, per_channel=True)
@@ -62,6 +71,7 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
+        np.savez(tmp / HEAD_NPZ, weight=head["weight"].astype(np.float32), bias=head["bias"].astype(np.float32))
         (tmp / "config.json").unlink(missing_ok=True)  # written by the quantizer; the folder is not a torch model
         meta["onnx"] = {"file": onnx_name, "quantized": quantize,
                         "quantization": f"dynamic int8, {quantization}, per-channel" if quantize else None,

@@ -50,7 +50,7 @@ class RerankTrainConfig:
     """Reranker training settings (defaults chosen for a 22M cross-encoder on a 2-core CPU).
 
     Attributes:
-        base_model: HF id or folder to start from; None = the packaged all-MiniLM-L6-v2 (fresh 1-logit head).
+        base_model: HF id or folder to start from; None = the packaged all-MiniLM-L6-v2 (fresh mean-pooling head).
         objective: "kl" (the paper's distillation) or "ce" (cross-entropy to the best candidate).
         tau1: temperature on the BM25 labels (start value when annealing). Must be > 0.
         tau1_end: None = constant τ1; else τ1 moves linearly from ``tau1`` to ``tau1_end`` over training.
@@ -58,10 +58,9 @@ class RerankTrainConfig:
         tau2_end: None = constant τ2; else linear from ``tau2`` to ``tau2_end``.
         lr: peak AdamW learning rate. 1e-4 as in the paper: a CPU run is a few hundred steps at most and the
             OBQA run at 1e-4 was still under-fitted after 75 steps (no instability); use ~3e-4 with LoRA.
-        head_lr_mult: learning-rate multiplier for the fresh head (classifier + pooler). The head starts at
-            random with logits near 0 and the all-MiniLM [CLS] vector barely differs between passages (the model
-            was trained with mean pooling), so at one learning rate the logit spread grows very slowly; a faster
-            head lets the few hundred CPU steps move the ranking.
+        head_lr_mult: learning-rate multiplier for the fresh ``Linear(hidden, 1)`` head on the mean-pooled
+            states. The head starts small (logits near 0); a faster head lets a few hundred CPU steps build the
+            logit spread sooner while the encoder moves at ``lr``.
         weight_decay: AdamW weight decay (not on biases / LayerNorm).
         warmup: share of steps with linear warmup; then linear decay to 0.
         epochs: passes over the training queries.
@@ -329,7 +328,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     for name, param in model.named_parameters():
         if param.requires_grad:
             no_decay = param.ndim < 2 or "LayerNorm" in name or name.endswith("bias")
-            head = "classifier" in name or "pooler" in name
+            head = name.startswith("head.")
             groups.setdefault((head, no_decay), []).append(param)
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.0 if nd else config.weight_decay,
                               "lr": config.lr * (config.head_lr_mult if head else 1.0)}
@@ -363,7 +362,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             tau1 = temperature_at(config.tau1, config.tau1_end, step, total)
             tau2 = temperature_at(config.tau2, config.tau2_end, step, total)
             enc = reranker.encode([(q.query, t) for q in batch for t in q.texts])
-            flat = model(**enc).logits[:, 0]
+            flat = model(**enc)
             scores, labels, mask = _pad(batch, flat)
             loss = rerank_loss(scores, labels, mask, objective=config.objective, tau1=tau1, tau2=tau2)
             opt.zero_grad(set_to_none=True)

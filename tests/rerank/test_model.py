@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,19 @@ def test_save_load_round_trip(trained: Reranker, tmp_path: Path) -> None:
     again = Reranker.load(tmp_path / "copy")
     np.testing.assert_allclose(again.score(QUERY, texts), trained.score(QUERY, texts), atol=1e-5)
     assert again.meta["num_layers"] == 3 and "transformers" in again.meta["versions"]
+    # the saved format: encoder + head as safetensors, no pickles
+    files = {f.name for f in (tmp_path / "copy").iterdir()}
+    assert {"head.safetensors", "model.safetensors", "config.json", "tokenizer.json", "reranker.json"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    cfg = json.loads((tmp_path / "copy" / "reranker.json").read_text())
+    assert cfg["head"] == "mean_linear" and cfg["format_version"] == 2
+
+
+def test_fresh_head_scores_differ_between_passages() -> None:
+    # the reason for mean pooling: a fresh [CLS] head gave the same logit (to 1e-5) for every passage
+    fresh = Reranker.from_pretrained(num_layers=3, max_length=64, seed=0)
+    s = fresh.score(QUERY, ["the camel lives in the desert", "the frog eats flies for energy", "the bee has wings"])
+    assert np.ptp(s) > 1e-3, s
 
 
 def test_onnx_round_trip_matches_torch(toy_reranker_dir: Path, trained: Reranker, int8_dir: Path, toy_kb,
@@ -60,10 +75,12 @@ def test_onnx_round_trip_matches_torch(toy_reranker_dir: Path, trained: Reranker
     # fp32 ONNX is the same function: same scores, hence the same ranking up to ties within 1e-4
     fp32 = Reranker.load(fp32_dir, backend="onnx").score(QUERY, texts)
     np.testing.assert_allclose(fp32, ref, atol=1e-4)
-    # int8 stays close in absolute terms. Whether it keeps the ranking depends on the model's score spread;
-    # bench/rerank.py measures that (top-5 overlap, NDCG@10) on a real model.
+    # int8 (encoder only; pooling and head in numpy) stays close relative to the score spread and keeps the top
+    # of the ranking; bench/rerank.py measures top-5 overlap and NDCG@10 on a real model.
     q = Reranker.load(int8_dir, backend="onnx").score(QUERY, texts)
-    assert np.max(np.abs(q - ref)) < 0.05, (q, ref)
+    assert np.max(np.abs(q - ref)) < 0.25 * np.ptp(ref), (q, ref)
+    assert list(np.argsort(-q)[:3]) == list(np.argsort(-ref)[:3]), (q, ref)
+    assert {f.name for f in int8_dir.iterdir()} >= {"head.npz", "model_quantized.onnx", "tokenizer.json"}
 
 
 def test_onnx_backend_never_imports_torch(int8_dir: Path) -> None:
@@ -100,6 +117,17 @@ def test_bad_inputs(trained: Reranker, int8_dir: Path, tmp_path: Path, toy_reran
         export_reranker_onnx(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(InputError):
         Reranker.from_pretrained(num_layers=99)
+    # an export without its head, and an old-format ([CLS] head) folder, are refused with a clear error
+    headless = tmp_path / "headless"
+    shutil.copytree(int8_dir, headless)
+    (headless / "head.npz").unlink()
+    with pytest.raises(ArtifactError, match=r"head\.npz"):
+        Reranker.load(headless, backend="onnx")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "reranker.json").write_text(json.dumps({"format_version": 1, "max_length": 64}))
+    with pytest.raises(ArtifactError, match="format-1"):
+        Reranker.load(old)
     one = Reranker.load(int8_dir, backend="onnx")
     with pytest.raises(InputError):
         one.save(tmp_path / "nope")

@@ -15,13 +15,15 @@ def test_short_training_improves_dev_ranking(toy_reranker_dir, toy_split) -> Non
     _train, dev = toy_split
     meta = json.loads((toy_reranker_dir / "reranker.json").read_text())
     history = meta["training"]["dev"]
-    before = history[0]  # epoch 0 = the untrained starting point (fresh head)
+    before = history[0]  # epoch 0 = the untrained starting point (fresh mean-pooling head)
     after = evaluate_queries(Reranker.load(toy_reranker_dir), dev)
     assert after["n"] == len(dev) > 0
-    # question-disjoint dev: the reranker must generalise to animals it never saw in training
+    # question-disjoint dev: the reranker must generalise to animals it never saw in training. Measured with the
+    # mean-pooling head (seed 0): top1 0.57 -> 0.93, ndcg 0.88 -> 0.98, kl 0.45 -> 0.14; the [CLS] head it
+    # replaced barely moved the KL. The margins below leave room for thread-count noise.
     assert after["ndcg"] > before["ndcg"] + 0.05
-    assert after["top1"] > before["top1"]
-    assert after["kl"] < before["kl"]
+    assert after["top1"] >= before["top1"] + 0.2
+    assert after["kl"] < 0.6 * before["kl"]
     log = (toy_reranker_dir / "train_log.jsonl").read_text().splitlines()
     steps = [json.loads(x) for x in log if '"step"' in x and '"event": "step"' in x]
     assert len(steps) == meta["training"]["steps"] and all(s["tau1"] > 0 and s["tau2"] > 0 for s in steps)
