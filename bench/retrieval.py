@@ -203,10 +203,12 @@ def scale(n: int, work: Path) -> None:
     kb = KnowledgeBase.build(passages, work / "scale_kb", config=KBConfig(), progress=False)
     total, cpu_total = time.perf_counter() - tick, time.process_time() - cpu_tick
     secs = kb.manifest["build"]["seconds"]
+    cores = os.cpu_count() or 1
     print(f"build: {total:.1f} s total; store {secs['store_s']:.1f} s, bm25 {secs['bm25_s']:.1f} s, encoder export "
           f"{secs['encoder_export_s']:.1f} s, embedding {secs['embed_s']:.1f} s "
-          f"({kb.manifest['build']['embedding_passages_per_s']:.0f} passages/s), hnsw {secs['hnsw_s']:.1f} s; "
-          f"{cpu_total:.0f} CPU-seconds in all")
+          f"({kb.manifest['build']['embedding_passages_per_s']:.0f} passages/s wall, "
+          f"{n / (secs['embed_cpu_s'] / cores):.0f} passages/s CPU-time equivalent on {cores} idle cores), "
+          f"hnsw {secs['hnsw_s']:.1f} s; {cpu_total:.0f} CPU-seconds in all")
     files = kb.manifest["files"]
     parts: dict[str, int] = {}
     for rel, f in files.items():

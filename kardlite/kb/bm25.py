@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +76,7 @@ class BM25Index:
         Returns:
             The index.
         """
-        import bm25s
-
+        bm25s = _import_bm25s()
         tokenize = Tokenizer(config.stemmer, config.stopwords)
         corpus_tokens = [tokenize(t) for t in texts]
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
@@ -89,8 +90,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path, config: BM25Config) -> BM25Index:
-        import bm25s
-
+        bm25s = _import_bm25s()
         try:
             retriever = bm25s.BM25.load(str(folder), allow_pickle=False, load_corpus=False, show_progress=False)
         except (OSError, ValueError, KeyError) as err:
@@ -125,6 +125,14 @@ class BM25Index:
     def best(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best positive entries of a ``scores`` vector: (rows, scores), best first, ties in row order."""
         return _top_positive(scores, k)
+
+
+def _import_bm25s() -> Any:
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG, which prints "Building index" lines wherever logging is configured.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 def _top_positive(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,8 +35,11 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_word
             (whole trailing paragraphs, or words inside a long paragraph), so a fact on a boundary stays whole.
 
     Returns:
-        The passages, in file order. Lines give ids ``<stem>-<lineno>``; folders give ``<relpath>#<n>`` with
-        ``source`` the file and ``meta`` holding the character offsets ``start``/``end`` of the chunk.
+        The passages, in file order. Lines give ids ``<stem>-<lineno>`` (surrounding double quotes stripped;
+        blank or punctuation-only lines skipped); JSONL keeps extra keys in ``meta``; folders give
+        ``<relpath>#<n>`` with ``source`` the file and ``meta`` holding ``path`` and the character offsets
+        ``start``/``end`` of the chunk in that file. Titles of folder passages: the first markdown heading of a
+        ``.md`` file, else the file name without suffix.
 
     Raises:
         InputError: unreadable or undecodable file, malformed JSONL, a missing field, a duplicate id, or no
