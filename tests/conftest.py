@@ -30,3 +30,27 @@ def demo_bundle_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kardlite.demo.build import build_demo_bundle
 
     return build_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", fast=True, progress=False)
+
+
+def _tiny_root(factory: pytest.TempPathFactory) -> Path:
+    # KARDLITE_TEST_BUNDLE_ROOT keeps the built student and bundle between local runs (they are rebuilt only
+    # when missing); by default everything lives in the session's temp dir.
+    env = os.environ.get("KARDLITE_TEST_BUNDLE_ROOT")
+    return Path(env) if env else factory.getbasetemp() / "kard-tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama with the real SmolLM2 tokenizer, saved as a student folder (tests/export, runtime)."""
+    from tests.export.builders import build_tiny_student
+
+    return build_tiny_student(_tiny_root(tmp_path_factory) / "student")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the tiny student, built once per session and shared by tests/export and tests/runtime;
+    treat it as read-only."""
+    from tests.export.builders import build_tiny_bundle
+
+    return build_tiny_bundle(_tiny_root(tmp_path_factory))
