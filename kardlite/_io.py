@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -35,17 +36,38 @@ def read_text(path: str | Path) -> str:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a malformed line is an InputError."""
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
-        yield lineno, obj
+    """Yield (line number, object) for each non-blank line, streaming; a ``.gz`` file is read decompressed.
+
+    A malformed line, undecodable bytes, a truncated archive or an unreadable file is an InputError.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    offset = 0
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise InputError(f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {offset + err.start})",
+                                     path=path, line=lineno) from None
+                offset += len(raw)
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path,
+                                     line=lineno) from None
+                if not isinstance(obj, dict):
+                    raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
+                yield lineno, obj
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a file", path=path) from None
+    except (OSError, EOFError) as err:  # includes gzip.BadGzipFile and a truncated archive
+        raise InputError(f"cannot read file ({getattr(err, 'strerror', None) or err})", path=path) from None
 
 
 def read_json(path: str | Path) -> Any:

@@ -21,3 +21,20 @@ def test_atomic_dir_keeps_old_on_error_and_sweeps_stale_temp(tmp_path: Path) -> 
         atomic_write_json(tmp / "a.json", {"v": 3})
     assert read_json(final / "a.json") == {"v": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_iter_jsonl_reads_gzip_and_names_a_truncated_archive(tmp_path: Path) -> None:
+    import gzip
+
+    from kardlite._io import iter_jsonl
+    from kardlite.errors import InputError
+
+    path = tmp_path / "rows.jsonl.gz"
+    payload = b'{"a": 1}\n\n' + b'{"a": 2}\n' * 2000
+    path.write_bytes(gzip.compress(payload))
+    rows = list(iter_jsonl(path))
+    assert rows[0] == (1, {"a": 1}) and rows[1] == (3, {"a": 2}) and len(rows) == 2001
+    path.write_bytes(gzip.compress(payload)[:-40])
+    with pytest.raises(InputError, match="cannot read file") as err:
+        list(iter_jsonl(path))
+    assert err.value.path == str(path)

@@ -16,9 +16,7 @@ get different passages.
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,8 +58,7 @@ def read_kept_rationales(path: str | Path) -> dict[str, list[tuple[int, str]]]:
     path = Path(path)
     if not path.is_file():
         raise InputError("kept-rationales file not found", path=path)
-    rows: Iterable[tuple[int, dict[str, Any]]]
-    rows = _iter_gz_jsonl(path) if path.suffix == ".gz" else iter_jsonl(path)
+    rows = iter_jsonl(path)  # plain or .gz
     kept: dict[str, list[tuple[int, str]]] = {}
     seen: set[tuple[str, int]] = set()
     for line, obj in rows:
@@ -85,20 +82,6 @@ def read_kept_rationales(path: str | Path) -> dict[str, list[tuple[int, str]]]:
     if not kept:
         raise InputError("no kept rationales in file", path=path)
     return {k: sorted(v) for k, v in kept.items()}
-
-
-def _iter_gz_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"malformed JSON ({err.msg})", path=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError("expected a JSON object", path=path, line=lineno)
-            yield lineno, obj
 
 
 def _passage_row(hit: Any) -> dict[str, Any]:

@@ -6,8 +6,6 @@ silent shift would pair every question with another question's rationales.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kardlite._io import read_json
+from kardlite._io import iter_jsonl, read_json
 from kardlite.data.records import QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.rationales.store import RationaleStore, is_store, now, read_store
@@ -26,25 +24,10 @@ _RELEASE_NAME = re.compile(r"^(\d+)\.json$")
 CHUNK = 2000  # samples per store append when importing (one write + fsync each)
 
 
-def _open_text(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            yield from fh
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read ({err})", path=path) from None
-
-
 def _read_compact(path: Path, items: Sequence[QAItem]) -> Iterator[tuple[QAItem, str, list[Sample]]]:
     """``{"id", "teacher_model", "rationales": [..]}`` per line, in task order."""
     count = 0
-    for lineno, line in enumerate(_open_text(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"malformed JSON ({err.msg})", path=path, line=lineno) from None
+    for lineno, row in iter_jsonl(path):  # plain or .gz
         if count >= len(items):
             raise InputError(f"more rows than the task's {len(items)} questions", path=path, line=lineno)
         item = items[count]
