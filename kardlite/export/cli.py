@@ -8,14 +8,10 @@ from typing import Annotated
 
 import typer
 
+from kardlite._cli import fail
 from kardlite.errors import KardliteError
 
 app = typer.Typer(help="Export for the CPU runtime: student GGUFs, the bundle folder.", no_args_is_help=True)
-
-
-def _fail(err: KardliteError) -> typer.Exit:
-    typer.echo(f"error: {err}", err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()
@@ -35,7 +31,7 @@ def gguf(
         out = export_gguf(model_dir, out_dir, quants=tuple(quant or ("Q8_0", "Q4_K_M")), verify=verify,  # type: ignore[arg-type]
                           tokenizer_gguf=tokenizer_gguf, threads=threads)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     for q, info in out.items():
         v = info["verify"]
         check = (f"greedy {v['greedy_match']}/{v['greedy_tokens']}, agreement {v['confident_agreement']:.3f}"
@@ -72,7 +68,7 @@ def bundle(
                             decoding={"max_new_tokens": max_new_tokens}, evaluation=evaluation_numbers,
                             verify=verify, threads=threads)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     size = sum(f["bytes"] for f in manifest["files"].values())
     student_quant = manifest["student"]["quant"]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kardlite._cli import fail
 from kardlite.errors import KardliteError
 
 app = typer.Typer(help="Knowledge base: build from passages, search, inspect.", no_args_is_help=True)
@@ -25,11 +26,6 @@ class RetrieverName(StrEnum):
     bm25 = "bm25"
     dense = "dense"
     hybrid = "hybrid"
-
-
-def _fail(err: KardliteError) -> typer.Exit:
-    typer.echo(f"error: {err}", err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()
@@ -76,7 +72,7 @@ def build(
         passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
         kb = KnowledgeBase.build(passages, out, config=config, progress=progress)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     info = kb.manifest["build"]
     rate = info["embedding_passages_per_s"]
     Console().print(f"[green]built[/green] {kb.path}: {len(kb)} passages, retrievers "
@@ -103,7 +99,7 @@ def search(
         name = retriever.value if retriever is not RetrieverName.auto else ("hybrid" if kb.has_dense else "bm25")
         hits = kb.search(query, k=k, retriever=name)  # type: ignore[arg-type]
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     table = Table(title=f"{name}: {query}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -131,7 +127,7 @@ def info(kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge
     try:
         kb = KnowledgeBase.load(kb_path)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     m = kb.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     console = Console()

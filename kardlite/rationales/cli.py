@@ -8,14 +8,10 @@ from typing import Annotated
 
 import typer
 
+from kardlite._cli import fail
 from kardlite.errors import KardliteError
 
 app = typer.Typer(help="Teacher rationales: import, filter, stats.", no_args_is_help=True)
-
-
-def _fail(err: KardliteError) -> typer.Exit:
-    typer.echo(f"error: {err}", err=True)
-    return typer.Exit(code=2)
 
 
 @app.command("import")
@@ -35,7 +31,7 @@ def import_(
         items = load_task(task, task_format)
         summary = get_teacher("import", source=source).generate(items, n, store=out, progress=progress)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     typer.echo(summary.line())
 
 
@@ -64,7 +60,7 @@ def filter_(
                                   min_chars=min_chars, min_words=min_words, batch_size=batch_size,
                                   progress=progress)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     typer.echo(f"kept {stats['kept']}/{stats['rationales']} ({stats['keep_rate']:.1%}); "
                f"{stats['questions_with_none_kept']} of {stats['questions']} questions left with none; "
                f"kept per question: {stats['kept_per_question_histogram']}")
@@ -85,7 +81,7 @@ def stats(
     try:
         contents = read_store(store)
     except KardliteError as err:
-        raise _fail(err) from None
+        raise fail(err) from None
     samples = contents.samples
     per_item = Counter(s["item_id"] for s in samples)
     usage_in = sum((s.get("usage") or {}).get("prompt_tokens", 0) or 0 for s in samples)
