@@ -124,7 +124,9 @@ def eval_cmd(
     retriever: Annotated[str, typer.Option(help="bm25, dense, hybrid or reranker.")] = "bm25",
     n_docs: Annotated[int, typer.Option(help="Passages shown to the student.")] = 5,
     pool: Annotated[int, typer.Option(help="Candidates the reranker picks from.")] = 100,
-    reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder (retriever 'reranker').")] = None,
+    first_stage: Annotated[str, typer.Option(help="bm25, dense or hybrid: what builds the reranker's pool.")] = "bm25",
+    reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder, torch or its ONNX export "
+                                                       "(retriever 'reranker').")] = None,
     decoding: Annotated[str, typer.Option(help="greedy or sc (self-consistency).")] = "greedy",
     samples: Annotated[int, typer.Option(help="Samples for self-consistency.")] = 5,
     max_new_tokens: Annotated[int, typer.Option()] = 256,
@@ -148,7 +150,8 @@ def eval_cmd(
         items = items[:limit]
     cfg = EvalConfig(mode=mode, decoding=decoding, samples=samples, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, max_source_tokens=max_source_tokens, retriever=retriever, n_docs=n_docs,
-                     pool=pool, seed=seed, name=name)
+                     pool=pool, first_stage=first_stage, reranker=str(reranker) if reranker else None, seed=seed,
+                     name=name)
     student = load_student(model)
     kb_obj = _load_kb(kb) if kb is not None else None
     retrieve = None
@@ -157,7 +160,9 @@ def eval_cmd(
             _fail("--retriever reranker needs --reranker PATH")
         from kardlite.rerank.model import Reranker
 
-        retrieve = make_retriever(kb_obj, "reranker", pool=pool, reranker=Reranker.load(reranker))
+        backend = "onnx" if any(reranker.glob("*.onnx")) else "torch"
+        retrieve = make_retriever(kb_obj, "reranker", pool=pool, first_stage=first_stage,
+                                  reranker=Reranker.load(reranker, backend=backend))
     metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
                f"n {metrics['n']} -> {out}")

@@ -9,7 +9,8 @@
   An output without a parsable ``Answer: X`` is an invalid vote; a question with no valid vote is wrong and
   counted invalid.
 - KARD retrieves at test time with the linearised question (there is no rationale yet): ``bm25``, ``dense``,
-  ``hybrid``, ``reranker`` (first-stage BM25 pool reranked by ``kardlite.rerank``), or any callable
+  ``hybrid``, ``reranker`` (a first-stage pool — BM25, dense or hybrid — reranked by ``kardlite.rerank``, the
+  same ``RerankRetriever`` the runtime uses), or any callable
   ``(item, n_docs) -> list[Passage]`` passed as ``retrieve``.
 
 Results go to ``predictions.jsonl`` append-only (an interrupted evaluation resumes where it stopped),
@@ -56,6 +57,8 @@ class EvalConfig:
         retriever: ``bm25``, ``dense``, ``hybrid`` or ``reranker`` (kard only).
         n_docs: passages shown to the student.
         pool: first-stage candidates the reranker chooses from.
+        first_stage: the retriever that builds the reranker's pool (``bm25``, ``dense`` or ``hybrid``).
+        reranker: the reranker's folder, recorded with the results (a resumed run must use the same one).
         seed: sampling seed.
         name: the system's name in reports; default: the output folder's name.
     """
@@ -72,6 +75,8 @@ class EvalConfig:
     retriever: str = "bm25"
     n_docs: int = 5
     pool: int = 100
+    first_stage: str = "bm25"
+    reranker: str | None = None
     seed: int = 42
     name: str | None = None
 
@@ -85,14 +90,17 @@ def _as_passage(hit: Any) -> Passage:
     return Passage(id=str(hit["id"]), title=hit.get("title", ""), text=hit["text"])
 
 
-def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranker: Any = None) -> Retrieve:
+def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranker: Any = None,
+                   first_stage: str = "bm25") -> Retrieve:
     """A test-time retrieval function: query = the linearised question.
 
     Args:
         kb: a loaded ``kardlite.kb.KnowledgeBase``.
-        retriever: ``bm25``, ``dense``, ``hybrid``, or ``reranker`` (BM25 pool of ``pool`` reranked by ``reranker``).
+        retriever: ``bm25``, ``dense``, ``hybrid``, or ``reranker`` (a ``first_stage`` pool of ``pool`` reranked
+            by ``reranker`` through ``kardlite.rerank.RerankRetriever``, as in the runtime).
         pool: first-stage candidates for the reranker.
-        reranker: a ``kardlite.rerank.Reranker`` (or anything with ``rank(query, passages, top_k)``).
+        reranker: a loaded ``kardlite.rerank.Reranker`` (torch or onnx backend).
+        first_stage: ``bm25``, ``dense`` or ``hybrid``: what builds the reranker's pool.
 
     Returns:
         ``retrieve(item, n_docs) -> list[Passage]``, best first.
@@ -105,11 +113,9 @@ def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranke
         if reranker is None:
             raise InputError("retriever 'reranker' needs a trained reranker (--reranker PATH)", field="reranker")
 
-        def rerank(item: QAItem, n_docs: int) -> list[Passage]:
-            query = item.linearize()
-            candidates = kb.search(query, max(pool, n_docs), retriever="bm25")
-            return [_as_passage(h) for h in reranker.rank(query, candidates, top_k=n_docs)]
-        return rerank
+        from kardlite.rerank.retriever import RerankRetriever
+
+        return RerankRetriever(kb, reranker, first_stage=first_stage, pool=pool).passages  # type: ignore[arg-type]
     raise InputError(f"unknown retriever {retriever!r}; choose bm25, dense, hybrid or reranker", field="retriever")
 
 
@@ -335,7 +341,10 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
         for key in ("decoding", "samples", "top_k", "top_p", "temperature", "max_new_tokens"):
             settings[key] = None
     if mode != "kard":
-        for key in ("retriever", "n_docs", "pool"):
+        for key in ("retriever", "n_docs", "pool", "first_stage", "reranker"):
+            settings[key] = None
+    elif cfg.retriever != "reranker":
+        for key in ("pool", "first_stage", "reranker"):
             settings[key] = None
     settings_path = out / SETTINGS
     if settings_path.is_file():

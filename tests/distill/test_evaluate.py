@@ -105,6 +105,20 @@ def test_kb_retriever_uses_the_linearised_question(tiny_kb):
         make_retriever(tiny_kb, "reranker")
 
 
+def test_reranker_retriever_reorders_the_first_stage_pool(tiny_kb):
+    from kardlite.rerank.model import Reranker
+
+    reranker = Reranker.from_pretrained(num_layers=1)
+    query = ITEMS[1].linearize()
+    retrieve = make_retriever(tiny_kb, "reranker", reranker=reranker, first_stage="bm25", pool=3)
+    got = [p.id for p in retrieve(ITEMS[1], 2)]
+    pool = [h["id"] for h in tiny_kb.search(query, 3, retriever="bm25")]
+    by_score = [h["id"] for h in reranker.rank(query, tiny_kb.get(pool), top_k=2)]
+    assert got == by_score and set(got) <= set(pool)
+    with pytest.raises(InputError, match="first_stage"):
+        make_retriever(tiny_kb, "reranker", reranker=reranker, first_stage="colbert")
+
+
 def test_bad_inputs_and_report(tmp_path, tiny_llama_dir):
     student = load_student(tiny_llama_dir)
     with pytest.raises(InputError, match="mode"):
