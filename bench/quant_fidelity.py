@@ -81,7 +81,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     gguf_dir = args.gguf_dir or args.out / "gguf"
     if not all((gguf_dir / f"student-{f}.gguf").is_file() for f in formats):
-        from kardlite.export import export_gguf
+        from kardlite.export.gguf import export_gguf
 
         t0 = time.perf_counter()
         model_dir = args.student / "model" if (args.student / "model").is_dir() else args.student

@@ -8,8 +8,9 @@ set -euo pipefail
 OBQA=${OBQA:-../shared/data/obqa}
 R=${RUN:-runs/distill-obqa}
 K="nice -n 10 .venv/bin/kardlite"
-# One torch thread: on 2 cores shared with other jobs, 2 OpenMP threads stall at every barrier.
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# Torch threads: 2 on an idle 2-core machine (the report's run); 1 when the cores are shared with other jobs
+# (2 OpenMP threads then stall at every barrier).
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$R"
 
 # 1. rationales: the teacher stage's importer and filter (degenerate + stated-answer rules; no LM judge, too slow
@@ -52,6 +53,12 @@ $K eval --model "$R/student-kard" $T --kb "$R/kb" --retriever reranker --reranke
 $K eval report "$R/eval-base-ft" "$R/eval-ft" "$R/eval-rd" "$R/eval-kard-bm25" "$R/eval-kard-reranker" \
     --out "$R/report.md"
 
-# 5. quantisation fidelity: the KARD (BM25) student exported to GGUF f16/Q8_0/Q4_K_M replays the same prompts
+# 5. quantisation fidelity: the KARD (BM25) student exported to GGUF Q8_0/Q4_K_M replays the same prompts
 nice -n 10 .venv/bin/python bench/quant_fidelity.py --eval "$R/eval-kard-bm25" --student "$R/student-kard" \
-    --tasks "$OBQA/Main/test.jsonl" --out "$R/quant-kard-bm25"
+    --tasks "$OBQA/Main/test.jsonl" --formats Q8_0,Q4_K_M --out "$R/quant-kard-bm25"
+
+# 6. diagnostics: fact1 recall of what each KARD system showed, letter counts, and the forced-answer accuracy
+.venv/bin/python bench/distill/obqa_analysis.py "$R" "$OBQA" 200 > "$R/analysis.json"
+for s in rd:rd kard-bm25:kard kard-reranker:kard; do
+  .venv/bin/python bench/distill/forced_answer.py "$R/eval-${s%%:*}" "$R/student-${s##*:}" "$OBQA/Main/test.jsonl"
+done
