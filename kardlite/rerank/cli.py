@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from kardlite._cli import fail
+from kardlite.errors import InputError
+
 app = typer.Typer(help="The KARD reranker: search with it, export it to ONNX, evaluate it.", no_args_is_help=True)
 
 
@@ -25,6 +28,9 @@ def train(
     dev_fraction: Annotated[float, typer.Option(help="Share of questions held out as dev.")] = 0.1,
     base_model: Annotated[str | None, typer.Option(help="HF id or folder (default: packaged all-MiniLM-L6-v2).")]
     = None,
+    kind: Annotated[str, typer.Option(help="cross-encoder, or late-interaction (ColBERT-style, the paper's).")]
+    = "cross-encoder",
+    dim: Annotated[int, typer.Option(help="Late interaction: size of the projected token vectors.")] = 128,
     objective: Annotated[str, typer.Option(help="kl (paper) or ce.")] = "kl",
     tau1: Annotated[float, typer.Option(help="Temperature on BM25 labels (start).")] = 2.0,
     tau1_end: Annotated[float | None, typer.Option(help="Anneal tau1 linearly to this.")] = None,
@@ -41,19 +47,23 @@ def train(
     max_train_queries: Annotated[int, typer.Option(help="Cap on training queries (0 = all).")] = 0,
     seed: Annotated[int, typer.Option()] = 42,
 ) -> None:
-    """Build candidates labelled by rationale BM25 (question-disjoint split), then train the cross-encoder."""
+    """Build candidates labelled by rationale BM25 (question-disjoint split), then train the reranker."""
     from kardlite.data import load_task
     from kardlite.kb import KnowledgeBase
     from kardlite.rerank.data import CandidateConfig, build_queries, read_rationales, save_queries, split_by_item
     from kardlite.rerank.train import RerankTrainConfig, train_reranker
 
     data_dir = data or out.with_name(out.name + ".data")
-    config = RerankTrainConfig(base_model=base_model, objective=objective, tau1=tau1, tau1_end=tau1_end,  # type: ignore[arg-type]
+    config = RerankTrainConfig(base_model=base_model, kind=kind, dim=dim,  # type: ignore[arg-type]
+                               objective=objective, tau1=tau1, tau1_end=tau1_end,  # type: ignore[arg-type]
                                tau2=tau2, tau2_end=tau2_end, lr=lr, head_lr_mult=head_lr_mult, epochs=epochs,
                                queries_per_batch=queries_per_batch, max_length=max_length,
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
                                num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries)
-    config.validate()
+    try:
+        config.validate()
+    except InputError as err:
+        raise fail(err) from None
     if questions is not None or rationales is not None:
         if questions is None or rationales is None:
             raise typer.BadParameter("give both --questions and --rationales (or neither, to reuse --data)")

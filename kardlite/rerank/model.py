@@ -1,6 +1,10 @@
-"""The KARD reranker: a cross-encoder f(question, passage) -> score, with a torch or an ONNX backend.
+"""The KARD reranker f(question, passage) -> score, with a torch or an ONNX backend, in two kinds.
 
-Scorer: encoder (``AutoModel``) over ``[CLS] query [SEP] passage [SEP]`` → masked mean of the last hidden
+``kind="cross-encoder"`` (default, this module) reads question and passage together; ``kind="late-interaction"``
+(ColBERT-style, the KARD paper's own scorer; :mod:`kardlite.rerank.late`) encodes them apart, so passage token
+vectors can be cached. :meth:`Reranker.from_pretrained` and :meth:`Reranker.load` return the right class.
+
+Cross-encoder scorer: encoder (``AutoModel``) over ``[CLS] query [SEP] passage [SEP]`` → masked mean of the last hidden
 states → ``Linear(hidden, 1)``. Mean pooling, not ``[CLS]``: all-MiniLM-L6-v2 was trained with mean pooling and
 its ``[CLS]`` state is practically the same for every input (std 1.7e-4 against a norm of 9.7, see
 docs/results/reranker-obqa.md), so a ``[CLS]`` head starts with no signal and a short CPU run does not learn.
@@ -18,7 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.resources
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +33,8 @@ from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.kb.passage import Hit, Passage
 
 Backend = Literal["torch", "onnx"]
+Kind = Literal["cross-encoder", "late-interaction"]
+KINDS = ("cross-encoder", "late-interaction")
 CONFIG_NAME = "reranker.json"
 # 2: mean-pooling head (encoder + head.safetensors). 1 was a [CLS] sequence-classification head: not loadable.
 FORMAT_VERSION = 2
@@ -39,6 +45,10 @@ HEAD_NPZ = "head.npz"  # ONNX folder: the same weights for numpy (the runtime ha
 QUERY_FORMAT = "linearized question (stem, then 'A. option' lines) as the first segment, passage contents second"
 DEFAULT_MAX_LENGTH = 128
 ONNX_NAMES = ("model_quantized.onnx", "model.onnx")
+# late interaction (kardlite.rerank.late); defined here so that the front constructors can show them
+DEFAULT_DIM = 128
+DEFAULT_QUERY_MAX_LENGTH = 64
+DEFAULT_CACHE_SIZE = 50_000
 
 PassageLike = Passage | Mapping[str, Any] | str
 
@@ -77,16 +87,20 @@ def _text_of(p: PassageLike, i: int) -> tuple[str, dict[str, Any]]:
 
 
 class Reranker:
-    """Cross-encoder reranker: scores (query, passage) pairs and sorts passages by that score.
+    """Reranker: scores (query, passage) pairs and sorts passages by that score.
 
-    Build a fresh one with :meth:`from_pretrained` (a new mean-pooling 1-logit head on an encoder; the default
-    is the packaged all-MiniLM-L6-v2), or :meth:`load` a saved one.
+    This class is the cross-encoder; ``kind="late-interaction"`` gives its subclass
+    :class:`kardlite.rerank.late.LateInteractionReranker`, with the same API plus a passage cache. Build a fresh
+    one with :meth:`from_pretrained` (a new head on an encoder; the default is the packaged all-MiniLM-L6-v2), or
+    :meth:`load` a saved one.
 
     Example:
         >>> rr = Reranker.load("runs/obqa/reranker", backend="onnx")   # doctest: +SKIP
         >>> [h["id"] for h in rr.rank("Which is a conductor?\\nA. iron\\nB. wood", passages, top_k=3)]  # doctest: +SKIP
         ['p12', 'p7', 'p301']
     """
+
+    kind: str = "cross-encoder"
 
     def __init__(self, *, backend: Backend, tokenizer: Any, max_length: int, model: Any = None,
                  session: Any = None, head: tuple[np.ndarray, float] | None = None, path: Path | None = None,
@@ -105,60 +119,69 @@ class Reranker:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
                         lora: Mapping[str, Any] | None = None, num_layers: int | None = None,
-                        seed: int = 42) -> Reranker:
-        """A trainable reranker: an encoder, masked mean pooling and a fresh ``Linear(hidden, 1)`` head (torch).
+                        seed: int = 42, kind: Kind = "cross-encoder", dim: int = DEFAULT_DIM,
+                        query_max_length: int = DEFAULT_QUERY_MAX_LENGTH,
+                        cache_size: int = DEFAULT_CACHE_SIZE) -> Reranker:
+        """A trainable reranker (torch) on an encoder, with a fresh head.
 
-        The head starts small (normal, std = the encoder's ``initializer_range``, zero bias): the initial scores
-        are nearly equal, but the pooled states differ between passages, so the head gets a useful gradient at
-        once (unlike a ``[CLS]`` head on all-MiniLM-L6-v2).
+        Cross-encoder: masked mean pooling and a ``Linear(hidden, 1)`` head. The head starts small (normal, std =
+        the encoder's ``initializer_range``, zero bias): the initial scores are nearly equal, but the pooled states
+        differ between passages, so the head gets a useful gradient at once (unlike a ``[CLS]`` head on
+        all-MiniLM-L6-v2). Late interaction: see :class:`kardlite.rerank.late.LateInteractionReranker`.
 
         Args:
             name_or_path: HF model id or local folder; None = the packaged all-MiniLM-L6-v2.
-            max_length: token cap for query + passage (longest-first truncation).
+            max_length: token cap for query + passage (cross-encoder, longest-first truncation), or for the
+                passage alone (late interaction).
             lora: optional peft LoRA settings, e.g. ``{"r": 16, "alpha": 32, "dropout": 0.1}``; the head stays
                 fully trainable. None = full fine-tuning.
             num_layers: keep only the first N transformer layers (None = all). Halving the layers of
                 all-MiniLM-L6-v2 halves the CPU latency; the distillation then trains the shallower stack.
             seed: seeds the head's initialisation.
+            kind: "cross-encoder" (default) or "late-interaction" (ColBERT-style MaxSim).
+            dim: late interaction only: size of the projected token vectors.
+            query_max_length: late interaction only: token cap for the query.
+            cache_size: late interaction only: passages kept in the token-matrix LRU cache (0 = no cache).
 
         Returns:
-            A Reranker with ``backend="torch"``.
+            A Reranker with ``backend="torch"`` (a ``LateInteractionReranker`` for late interaction).
         """
-        try:
-            import torch
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as err:
-            raise MissingExtraError(err.name or "torch", "train") from None
-        base = str(name_or_path) if name_or_path is not None else default_base_model()
-        if max_length < 16:
-            raise InputError(f"max_length {max_length} is too small (need >= 16)", field="max_length")
-        torch.manual_seed(seed)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        encoder = AutoModel.from_pretrained(base)
-        if num_layers is not None:
-            _truncate_layers(encoder, num_layers)
-        if lora:
-            encoder = _wrap_lora(encoder, lora)
+        if kind not in KINDS:
+            raise InputError(f"unknown reranker kind {kind!r}; use one of {', '.join(KINDS)}", field="kind")
+        if kind == "late-interaction":
+            from kardlite.rerank.late import LateInteractionReranker
+
+            return LateInteractionReranker.create(name_or_path, max_length=max_length, lora=lora,
+                                                  num_layers=num_layers, seed=seed, dim=dim,
+                                                  query_max_length=query_max_length, cache_size=cache_size)
+        tokenizer, encoder, base = _base_encoder(name_or_path, max_length=max_length, lora=lora,
+                                                 num_layers=num_layers, seed=seed)
+        import torch  # present: _base_encoder checked it
+
         head = torch.nn.Linear(encoder.config.hidden_size, 1)
         torch.nn.init.normal_(head.weight, std=float(getattr(encoder.config, "initializer_range", 0.02)))
         torch.nn.init.zeros_(head.bias)
         model = _scorer_class()(encoder, head)
         model.eval()
-        return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model,
+        return Reranker(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model,
                    meta={"base_model": base, "lora": dict(lora) if lora else None, "num_layers": num_layers})
 
     @classmethod
-    def load(cls, path: str | Path, backend: Backend = "torch", *, threads: int | None = None) -> Reranker:
-        """Load a saved reranker folder.
+    def load(cls, path: str | Path, backend: Backend = "torch", *, threads: int | None = None,
+             cache_size: int = DEFAULT_CACHE_SIZE) -> Reranker:
+        """Load a saved reranker folder of either kind (``reranker.json`` says which).
 
         Args:
             path: a folder written by :meth:`save` (torch) or by ``export_reranker_onnx`` (onnx).
             backend: "torch" (needs the train extra) or "onnx" (onnxruntime + tokenizers only; no torch import).
             threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+            cache_size: late interaction only: passages kept in the token-matrix LRU cache (0 = no cache).
 
         Returns:
             The reranker, ready to :meth:`rank`.
         """
+        if backend not in ("torch", "onnx"):
+            raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'", field="backend")
         path = Path(path)
         if not path.is_dir():
             raise InputError("reranker folder not found", path=path)
@@ -171,6 +194,14 @@ class Reranker:
         if meta.get("format_version") == 1:
             raise ArtifactError(f"{path} is a format-1 reranker ([CLS] classification head, replaced by the "
                                 "mean-pooling head); retrain it with `kardlite train reranker`")
+        # folders written before late interaction existed have no "kind": they are cross-encoders
+        kind = meta.get("kind", "cross-encoder")
+        if kind == "late-interaction":
+            from kardlite.rerank.late import LateInteractionReranker
+
+            return LateInteractionReranker.from_folder(path, meta, backend, threads=threads, cache_size=cache_size)
+        if kind != "cross-encoder":
+            raise ArtifactError(f"{cfg_path}: unknown reranker kind {kind!r}; expected one of {', '.join(KINDS)}")
         if meta.get("format_version") != FORMAT_VERSION or meta.get("head") != HEAD_KIND:
             raise ArtifactError(f"{cfg_path}: unknown reranker format {meta.get('format_version')!r} "
                                 f"(head {meta.get('head')!r}); expected {FORMAT_VERSION} ({HEAD_KIND!r})")
@@ -199,29 +230,14 @@ class Reranker:
             head.load_state_dict({"weight": weights["weight"].float(), "bias": weights["bias"].float()})
             model = _scorer_class()(encoder, head)
             model.eval()
-            return cls(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model, path=path, meta=meta)
-        if backend == "onnx":
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
-
-            onnx_file = next((path / n for n in ONNX_NAMES if (path / n).is_file()), None)
-            if onnx_file is None:
-                raise ArtifactError(f"{path} has no ONNX model ({' or '.join(ONNX_NAMES)}); export it with "
-                                    "`kardlite rerank export`")
-            if not (path / "tokenizer.json").is_file():
-                raise ArtifactError(f"{path} has no tokenizer.json")
-            head = _load_npz_head(path / HEAD_NPZ)
-            tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-            tok.enable_truncation(max_length=max_length, strategy="longest_first")
-            pad_id = int(meta.get("pad_token_id", 0))
-            tok.enable_padding(pad_id=pad_id, pad_token=meta.get("pad_token", "[PAD]"))
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = int(threads)
-            session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
-            return cls(backend="onnx", tokenizer=tok, max_length=max_length, session=session, head=head, path=path,
-                       meta={**meta, "onnx_file": onnx_file.name})
-        raise InputError(f"unknown backend {backend!r}; use 'torch' or 'onnx'", field="backend")
+            return Reranker(backend="torch", tokenizer=tokenizer, max_length=max_length, model=model, path=path,
+                            meta=meta)
+        onnx_file = onnx_model_file(path)
+        head = _load_npz_head(path / HEAD_NPZ)
+        tok = fast_tokenizer(path, meta, max_length)
+        session = onnx_session(onnx_file, threads)
+        return Reranker(backend="onnx", tokenizer=tok, max_length=max_length, session=session, head=head, path=path,
+                        meta={**meta, "onnx_file": onnx_file.name})
 
     # ----- scoring -----
     def score(self, query: str, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
@@ -239,13 +255,7 @@ class Reranker:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 64) -> np.ndarray:
         """Scores of (query, passage text) pairs, batched; an empty list gives an empty array."""
-        for i, (q, t) in enumerate(pairs):
-            if not isinstance(q, str) or not q.strip():
-                raise InputError(f"pair {i}: the query is empty or not text", field="query")
-            if not isinstance(t, str):
-                raise InputError(f"pair {i}: the passage is not text", field="passages")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
+        _check_pairs(pairs, batch_size)
         out = np.empty(len(pairs), dtype=np.float32)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
@@ -262,14 +272,7 @@ class Reranker:
             return scores.float().cpu().numpy()
         encs = self.tokenizer.encode_batch([(q, t) for q, t in pairs])
         mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64), "attention_mask": mask}
-        names = {i.name for i in self.session.get_inputs()}
-        if "token_type_ids" in names:
-            feeds["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
-        feeds = {k: v for k, v in feeds.items() if k in names}
-        outputs = [o.name for o in self.session.get_outputs()]
-        want = ["last_hidden_state"] if "last_hidden_state" in outputs else outputs[:1]
-        hidden = np.asarray(self.session.run(want, feeds)[0], dtype=np.float32)
+        hidden = run_encoder(self.session, encs)
         weight, bias = self.head  # type: ignore[misc]
         return (mean_pool(hidden, mask) @ weight + bias).astype(np.float32)
 
@@ -277,6 +280,25 @@ class Reranker:
         """Tokenise pairs for the torch model (dynamic padding, longest-first truncation); used by training too."""
         return self.tokenizer([q for q, _ in pairs], [t for _, t in pairs], truncation="longest_first",
                               max_length=self.max_length, padding=True, return_tensors="pt")
+
+    def warm(self, passages: Iterable[PassageLike], *, batch_size: int = 64, progress: bool = False) -> int:
+        """Pre-compute what can be computed from passages alone, so that later :meth:`rank` calls are faster.
+
+        A cross-encoder reads query and passage together, so there is nothing to pre-compute: this returns 0.
+        The late-interaction reranker overrides it to fill its passage cache (e.g. ``warm(kb)`` for a small KB).
+
+        Args:
+            passages: Passages, Hits or strings (a ``KnowledgeBase`` iterates Passages).
+            batch_size: passages per forward pass.
+            progress: show a progress bar.
+
+        Returns:
+            The number of passages newly encoded (always 0 here).
+        """
+        return 0
+
+    def clear_cache(self) -> None:
+        """Forget cached passage encodings (none for a cross-encoder)."""
 
     def rank(self, query: str, passages: Sequence[PassageLike], top_k: int | None = None, *,
              batch_size: int = 64) -> list[Hit]:
@@ -323,9 +345,17 @@ class Reranker:
                 "max_length": self.max_length, "truncation": "longest_first", "query_format": QUERY_FORMAT,
                 "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": _versions()}
 
+    def _write_head(self, folder: Path) -> None:
+        """Write the scoring head next to the encoder (``save`` calls this inside its temporary folder)."""
+        from safetensors.torch import save_file
+
+        head = self.model.head
+        save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+                   "bias": head.bias.detach().float().cpu().contiguous()}, str(folder / HEAD_FILE))
+
     def save(self, path: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write the encoder as a plain HF folder (LoRA merged in), ``head.safetensors``, ``tokenizer.json`` and
-        ``reranker.json``, atomically.
+        """Write the encoder as a plain HF folder (LoRA merged in), the head (``head.safetensors``, or
+        ``projection.safetensors`` for late interaction), ``tokenizer.json`` and ``reranker.json``, atomically.
 
         Args:
             path: output folder (replaced if it exists).
@@ -336,19 +366,15 @@ class Reranker:
         """
         if self.backend != "torch":
             raise InputError("only a torch reranker can be saved; an ONNX one is already an export", field="backend")
-        from safetensors.torch import save_file
-
         encoder = self.model.encoder
         if hasattr(encoder, "merge_and_unload"):  # peft: save a plain model that loads without peft
             import copy
 
             encoder = copy.deepcopy(encoder).merge_and_unload()
-        head = self.model.head
         path = Path(path)
         with atomic_dir(path) as tmp:
             encoder.save_pretrained(tmp, safe_serialization=True)
-            save_file({"weight": head.weight.detach().float().cpu().contiguous(),
-                       "bias": head.bias.detach().float().cpu().contiguous()}, str(tmp / HEAD_FILE))
+            self._write_head(tmp)
             self.tokenizer.save_pretrained(tmp)
             if not (tmp / "tokenizer.json").is_file():
                 raise ArtifactError(f"tokenizer of {self.meta.get('base_model')} has no fast tokenizer.json; "
@@ -365,6 +391,82 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Masked mean over tokens: (N, T, H) states and an (N, T) 0/1 mask → (N, H); the numpy twin of the torch head."""
     m = mask.astype(np.float32)[:, :, None]
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+
+
+def _check_pairs(pairs: Sequence[tuple[str, str]], batch_size: int) -> None:
+    for i, (q, t) in enumerate(pairs):
+        if not isinstance(q, str) or not q.strip():
+            raise InputError(f"pair {i}: the query is empty or not text", field="query")
+        if not isinstance(t, str):
+            raise InputError(f"pair {i}: the passage is not text", field="passages")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
+
+
+def onnx_model_file(path: Path) -> Path:
+    """The exported encoder in an ONNX reranker folder (int8 preferred), or ArtifactError."""
+    onnx_file = next((path / n for n in ONNX_NAMES if (path / n).is_file()), None)
+    if onnx_file is None:
+        raise ArtifactError(f"{path} has no ONNX model ({' or '.join(ONNX_NAMES)}); export it with "
+                            "`kardlite rerank export`")
+    return onnx_file
+
+
+def onnx_session(onnx_file: Path, threads: int | None) -> Any:
+    """A CPU onnxruntime session (``threads`` intra-op threads, or onnxruntime's choice)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+
+
+def fast_tokenizer(path: Path, meta: Mapping[str, Any], max_length: int) -> Any:
+    """The folder's ``tokenizer.json`` as a ``tokenizers.Tokenizer`` truncating to ``max_length``, padding to the
+    longest in a batch. Its settings are fixed here, once: changing them per call would race between threads."""
+    from tokenizers import Tokenizer
+
+    if not (path / "tokenizer.json").is_file():
+        raise ArtifactError(f"{path} has no tokenizer.json")
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_length, strategy="longest_first")
+    tok.enable_padding(pad_id=int(meta.get("pad_token_id", 0)), pad_token=meta.get("pad_token", "[PAD]"))
+    return tok
+
+
+def run_encoder(session: Any, encs: Sequence[Any]) -> np.ndarray:
+    """Last hidden states (N, T, H) float32 of ``tokenizers`` encodings through the exported encoder."""
+    feeds = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64)}
+    names = {i.name for i in session.get_inputs()}
+    if "token_type_ids" in names:
+        feeds["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    outputs = [o.name for o in session.get_outputs()]
+    want = ["last_hidden_state"] if "last_hidden_state" in outputs else outputs[:1]
+    return np.asarray(session.run(want, feeds)[0], dtype=np.float32)
+
+
+def _base_encoder(name_or_path: str | Path | None, *, max_length: int, lora: Mapping[str, Any] | None,
+                  num_layers: int | None, seed: int) -> tuple[Any, Any, str]:
+    """(tokenizer, encoder, resolved base path) for a fresh torch reranker of either kind; seeds torch first."""
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as err:
+        raise MissingExtraError(err.name or "torch", "train") from None
+    base = str(name_or_path) if name_or_path is not None else default_base_model()
+    if max_length < 16:
+        raise InputError(f"max_length {max_length} is too small (need >= 16)", field="max_length")
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    encoder = AutoModel.from_pretrained(base)
+    if num_layers is not None:
+        _truncate_layers(encoder, num_layers)
+    if lora:
+        encoder = _wrap_lora(encoder, lora)
+    return tokenizer, encoder, base
 
 
 def _load_npz_head(path: Path) -> tuple[np.ndarray, float]:

@@ -11,14 +11,15 @@ import numpy as np
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
-from kardlite.rerank.model import CONFIG_NAME, HEAD_FILE, HEAD_NPZ
+from kardlite.rerank.late import PROJ_FILE, PROJ_NPZ
+from kardlite.rerank.model import CONFIG_NAME, HEAD_FILE, HEAD_NPZ, KINDS
 
 Quantization = Literal["avx2", "avx512", "avx512_vnni", "arm64"]
 
 
 def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: bool = True, *,
                          quantization: Quantization = "avx2") -> Path:
-    """Export a saved reranker (``Reranker.save`` / ``train_reranker`` output) to ONNX.
+    """Export a saved reranker of either kind (``Reranker.save`` / ``train_reranker`` output) to ONNX.
 
     The encoder goes through optimum's ``ORTModelForFeatureExtraction.from_pretrained(..., export=True)``
     (output ``last_hidden_state``), then, with ``quantize``, ``ORTQuantizer`` dynamic int8 quantisation (weights
@@ -28,10 +29,14 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
     ``head.npz``, ``tokenizer.json`` and ``reranker.json`` (with an ``onnx`` entry), and loads with
     ``Reranker.load(out_dir, backend="onnx")`` without torch.
 
+    A late-interaction reranker exports the same way; its token projection and score scale
+    (``projection.safetensors``) become ``projection.npz``, and the projection, normalisation and MaxSim run in
+    numpy. Only the encoder is quantised: the projection is small and stays float32.
+
     Args:
         model_dir: the torch reranker folder.
         out_dir: the export folder (replaced atomically).
-        quantize: dynamic int8 quantisation (default) or plain fp32 ONNX.
+        quantize: dynamic int8 quantisation (default), or False to keep fp32 ONNX.
         quantization: optimum's preset. "avx2" (default) runs on any x86-64 laptop of the last decade; the
             avx512 presets differ only in instruction assumptions, and "arm64" is for Apple silicon / ARM.
 
@@ -39,9 +44,17 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
         ``out_dir``.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not all((model_dir / n).is_file() for n in (CONFIG_NAME, "config.json", HEAD_FILE)):
-        raise ArtifactError(f"{model_dir} is not a saved torch reranker (needs {CONFIG_NAME}, config.json and "
-                            f"{HEAD_FILE})")
+    if not all((model_dir / n).is_file() for n in (CONFIG_NAME, "config.json")):
+        raise ArtifactError(f"{model_dir} is not a saved torch reranker (needs {CONFIG_NAME} and config.json)")
+    meta = read_json(model_dir / CONFIG_NAME)
+    kind = meta.get("kind", "cross-encoder") if isinstance(meta, dict) else None
+    if kind not in KINDS:
+        raise ArtifactError(f"{model_dir / CONFIG_NAME}: unknown reranker kind {kind!r}")
+    # (torch file, its arrays, the numpy file the ONNX folder gets) per kind
+    head_file, arrays, npz_name = ((HEAD_FILE, {"weight", "bias"}, HEAD_NPZ) if kind == "cross-encoder"
+                                   else (PROJ_FILE, {"weight", "log_scale"}, PROJ_NPZ))
+    if not (model_dir / head_file).is_file():
+        raise ArtifactError(f"{model_dir} is not a saved torch reranker ({head_file} is missing)")
     if quantization not in ("avx2", "avx512", "avx512_vnni", "arm64"):
         raise InputError(f"unknown quantization preset {quantization!r}", field="quantization")
     try:
@@ -50,10 +63,9 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
         from safetensors.numpy import load_file
     except ImportError:
         raise MissingExtraError("optimum-onnx", "train") from None
-    meta = read_json(model_dir / CONFIG_NAME)
-    head = load_file(str(model_dir / HEAD_FILE))
-    if set(head) != {"weight", "bias"}:
-        raise ArtifactError(f"{model_dir / HEAD_FILE}: expected tensors weight and bias, got {sorted(head)}")
+    head = load_file(str(model_dir / head_file))
+    if set(head) != arrays:
+        raise ArtifactError(f"{model_dir / head_file}: expected tensors {sorted(arrays)}, got {sorted(head)}")
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-export.") as work:
         ort_model = ORTModelForFeatureExtraction.from_pretrained(model_dir, export=True)
         ort_model.save_pretrained(work)
@@ -71,7 +83,7 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
-        np.savez(tmp / HEAD_NPZ, weight=head["weight"].astype(np.float32), bias=head["bias"].astype(np.float32))
+        np.savez(tmp / npz_name, **{k: v.astype(np.float32) for k, v in head.items()})
         (tmp / "config.json").unlink(missing_ok=True)  # written by the quantizer; the folder is not a torch model
         meta["onnx"] = {"file": onnx_name, "quantized": quantize,
                         "quantization": f"dynamic int8, {quantization}, per-channel" if quantize else None,

@@ -14,7 +14,10 @@ FirstStage = Literal["bm25", "dense", "hybrid"]
 
 
 class RerankRetriever:
-    """First stage (BM25, dense or hybrid from the knowledge base) → cross-encoder rerank → top ``n_docs``.
+    """First stage (BM25, dense or hybrid from the knowledge base) → rerank (either kind) → top ``n_docs``.
+
+    With a late-interaction reranker, ``reranker.warm(kb)`` before the first question encodes every passage once;
+    later questions then only encode the question.
 
     Used by ``kardlite eval`` (through :meth:`passages`, the ``(item, n_docs) -> list[Passage]`` callable) and by
     the runtime (through ``__call__``).

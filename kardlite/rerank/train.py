@@ -1,8 +1,8 @@
 """Train the KARD reranker: make f(question, passage) imitate BM25(rationale, passage) over each query's candidates.
 
 Objective (KARD_METHOD.md §6): KL( softmax(s/τ1) ‖ softmax(f/τ2) ) per query, s = rationale-BM25 labels,
-f = cross-encoder logits; averaged over the queries of a batch. Cross-entropy to the best candidate
-(``objective="ce"``) is the alternative the reference code used by default.
+f = reranker logits (cross-encoder, or scaled MaxSim for late interaction); averaged over the queries of a batch.
+Cross-entropy to the best candidate (``objective="ce"``) is the alternative the reference code used by default.
 
 Temperatures, and why these defaults:
   * τ1 (on BM25). Rationale-BM25 scores of one query's candidates run from ~0 (a question-retrieved passage
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from kardlite.errors import InputError, MissingExtraError
 from kardlite.rerank.data import RerankQuery, load_queries
-from kardlite.rerank.model import DEFAULT_MAX_LENGTH, Reranker
+from kardlite.rerank.model import DEFAULT_DIM, DEFAULT_MAX_LENGTH, KINDS, Kind, Reranker
 
 Objective = Literal["kl", "ce"]
 
@@ -51,6 +51,9 @@ class RerankTrainConfig:
 
     Attributes:
         base_model: HF id or folder to start from; None = the packaged all-MiniLM-L6-v2 (fresh mean-pooling head).
+        kind: "cross-encoder" (default) or "late-interaction" (ColBERT-style MaxSim, ``kardlite.rerank.late``);
+            the objective, data and schedule are the same for both.
+        dim: late interaction only: size of the projected token vectors.
         objective: "kl" (the paper's distillation) or "ce" (cross-entropy to the best candidate).
         tau1: temperature on the BM25 labels (start value when annealing). Must be > 0.
         tau1_end: None = constant τ1; else τ1 moves linearly from ``tau1`` to ``tau1_end`` over training.
@@ -58,14 +61,15 @@ class RerankTrainConfig:
         tau2_end: None = constant τ2; else linear from ``tau2`` to ``tau2_end``.
         lr: peak AdamW learning rate. 1e-4 as in the paper: a CPU run is a few hundred steps at most and the
             OBQA run at 1e-4 was still under-fitted after 75 steps (no instability); use ~3e-4 with LoRA.
-        head_lr_mult: learning-rate multiplier for the fresh ``Linear(hidden, 1)`` head on the mean-pooled
-            states. The head starts small (logits near 0); a faster head lets a few hundred CPU steps build the
-            logit spread sooner while the encoder moves at ``lr``.
+        head_lr_mult: learning-rate multiplier for the fresh head (``Linear(hidden, 1)`` on the mean-pooled
+            states, or the late-interaction projection and scale). The cross-encoder head starts small (logits
+            near 0); a faster head lets a few hundred CPU steps build the logit spread sooner while the encoder
+            moves at ``lr``.
         weight_decay: AdamW weight decay (not on biases / LayerNorm).
         warmup: share of steps with linear warmup; then linear decay to 0.
         epochs: passes over the training queries.
         queries_per_batch: queries per optimiser step (each with its ≤ 8 candidates).
-        max_length: token cap for question + passage.
+        max_length: token cap for question + passage (late interaction: for the passage; the question gets 64).
         grad_clip: max gradient norm (0 = off).
         lora: None = full fine-tuning; else e.g. {"r": 16, "alpha": 32, "dropout": 0.1}.
         num_layers: keep only the first N encoder layers (None = all); fewer layers = faster CPU reranking.
@@ -76,6 +80,8 @@ class RerankTrainConfig:
     """
 
     base_model: str | None = None
+    kind: Kind = "cross-encoder"
+    dim: int = DEFAULT_DIM
     objective: Objective = "kl"
     tau1: float = 2.0
     tau1_end: float | None = None
@@ -98,6 +104,10 @@ class RerankTrainConfig:
 
     def validate(self) -> None:
         """Raise InputError naming the first bad setting."""
+        if self.kind not in KINDS:
+            raise InputError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}", field="kind")
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
+            raise InputError(f"dim must be an integer >= 1, got {self.dim!r}", field="dim")
         if self.objective not in ("kl", "ce"):
             raise InputError(f"objective must be 'kl' or 'ce', got {self.objective!r}", field="objective")
         for name in ("tau1", "tau1_end", "tau2", "tau2_end"):
@@ -281,7 +291,7 @@ def _resolve_data(data: Any) -> tuple[list[RerankQuery], list[RerankQuery]]:
 
 def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | None = None, *,
                    progress: bool = True) -> Path:
-    """Train a cross-encoder reranker and save it to ``out_dir``.
+    """Train a reranker (``config.kind``: cross-encoder or late interaction) and save it to ``out_dir``.
 
     Args:
         data: a folder with ``train.jsonl`` / ``dev.jsonl`` (from ``kardlite train reranker`` data building or
@@ -322,7 +332,8 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             fh.write(json.dumps(row) + "\n")
 
     reranker = Reranker.from_pretrained(config.base_model, max_length=config.max_length, lora=config.lora,
-                                        num_layers=config.num_layers, seed=config.seed)
+                                        num_layers=config.num_layers, seed=config.seed, kind=config.kind,
+                                        dim=config.dim)
     model = reranker.model
     groups: dict[tuple[bool, bool], list[Any]] = {}
     for name, param in model.named_parameters():

@@ -82,3 +82,14 @@ def toy_reranker_dir(tmp_path_factory: pytest.TempPathFactory, toy_split) -> Pat
     cfg = RerankTrainConfig(epochs=3, queries_per_batch=8, lr=2e-4, head_lr_mult=20, num_layers=3, max_length=64,
                             seed=0, threads=2)
     return train_reranker(toy_split, out, cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def toy_late_dir(tmp_path_factory: pytest.TempPathFactory, toy_split) -> Path:
+    """A late-interaction reranker trained briefly on the toy world (1 encoder layer, dim 32: fast on a CPU)."""
+    from kardlite.rerank.train import RerankTrainConfig, train_reranker
+
+    out = tmp_path_factory.mktemp("toylate") / "reranker"
+    cfg = RerankTrainConfig(kind="late-interaction", dim=32, epochs=3, queries_per_batch=8, lr=2e-4, head_lr_mult=1,
+                            num_layers=1, max_length=64, seed=0, threads=2)
+    return train_reranker(toy_split, out, cfg, progress=False)

@@ -60,6 +60,19 @@ def test_save_load_round_trip(trained: Reranker, tmp_path: Path) -> None:
     assert cfg["head"] == "mean_linear" and cfg["format_version"] == 2
 
 
+def test_folder_without_kind_loads_as_cross_encoder(trained: Reranker, toy_reranker_dir: Path, tmp_path: Path) -> None:
+    # folders saved before late interaction existed have no "kind" in reranker.json
+    old = tmp_path / "old"
+    shutil.copytree(toy_reranker_dir, old)
+    cfg = json.loads((old / "reranker.json").read_text())
+    assert cfg.pop("kind") == "cross-encoder"
+    (old / "reranker.json").write_text(json.dumps(cfg))
+    again = Reranker.load(old)
+    assert type(again) is Reranker and again.kind == "cross-encoder" and again.warm(["x"]) == 0
+    texts = ["the camel lives in the desert", "the frog eats flies for energy"]
+    np.testing.assert_allclose(again.score(QUERY, texts), trained.score(QUERY, texts), atol=1e-5)
+
+
 def test_fresh_head_scores_differ_between_passages() -> None:
     # the reason for mean pooling: a fresh [CLS] head gave the same logit (to 1e-5) for every passage
     fresh = Reranker.from_pretrained(num_layers=3, max_length=64, seed=0)
