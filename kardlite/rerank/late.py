@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from kardlite.errors import ArtifactError, InputError, MissingExtraError
+from kardlite.errors import ArtifactError, InputError
 from kardlite.rerank.model import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_DIM,
@@ -57,6 +57,7 @@ from kardlite.rerank.model import (
     _check_pairs,
     _text_of,
     fast_tokenizer,
+    load_torch_folder,
     onnx_model_file,
     onnx_session,
     run_encoder,
@@ -267,20 +268,8 @@ class LateInteractionReranker(Reranker):
         qlen = int(meta.get("query_max_length", DEFAULT_QUERY_MAX_LENGTH))
         _check_settings(dim=dim, query_max_length=qlen, cache_size=cache_size)
         if backend == "torch":
-            try:
-                from safetensors.torch import load_file
-                from transformers import AutoModel, AutoTokenizer
-            except ImportError as err:
-                raise MissingExtraError(err.name or "transformers", "train") from None
-            if not (path / "config.json").is_file():
-                raise ArtifactError(f"{path} has no torch weights (config.json); is it an ONNX export? "
-                                    "Use backend='onnx'")
-            if not (path / PROJ_FILE).is_file():
-                raise ArtifactError(f"{path} has no {PROJ_FILE}")
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            encoder = AutoModel.from_pretrained(path)
+            tokenizer, encoder, weights = load_torch_folder(path, PROJ_FILE)
             hidden = int(encoder.config.hidden_size)
-            weights = load_file(str(path / PROJ_FILE))
             _check_projection(path / PROJ_FILE, {k: tuple(v.shape) for k, v in weights.items()}, dim, hidden)
             head_cls, scorer_cls = _torch_classes()
             head = head_cls(hidden, dim)

@@ -207,21 +207,10 @@ class Reranker:
                                 f"(head {meta.get('head')!r}); expected {FORMAT_VERSION} ({HEAD_KIND!r})")
         max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH))
         if backend == "torch":
-            try:
-                import torch
-                from safetensors.torch import load_file
-                from transformers import AutoModel, AutoTokenizer
-            except ImportError as err:
-                raise MissingExtraError(err.name or "transformers", "train") from None
-            if not (path / "config.json").is_file():
-                raise ArtifactError(f"{path} has no torch weights (config.json); is it an ONNX export? "
-                                    "Use backend='onnx'")
-            if not (path / HEAD_FILE).is_file():
-                raise ArtifactError(f"{path} has no {HEAD_FILE}")
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            encoder = AutoModel.from_pretrained(path)
+            import torch
+
+            tokenizer, encoder, weights = load_torch_folder(path, HEAD_FILE)
             hidden = int(encoder.config.hidden_size)
-            weights = load_file(str(path / HEAD_FILE))
             if weights.get("weight") is None or tuple(weights["weight"].shape) != (1, hidden) \
                     or weights.get("bias") is None or tuple(weights["bias"].shape) != (1,):
                 raise ArtifactError(f"{path / HEAD_FILE}: expected weight (1, {hidden}) and bias (1,), got "
@@ -392,6 +381,20 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask.astype(np.float32)[:, :, None]
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
 
+
+
+def load_torch_folder(path: Path, head_file: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Tokenizer, encoder and head tensors of a saved torch reranker folder (either kind), with clear errors."""
+    try:
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as err:
+        raise MissingExtraError(err.name or "transformers", "train") from None
+    if not (path / "config.json").is_file():
+        raise ArtifactError(f"{path} has no torch weights (config.json); is it an ONNX export? Use backend='onnx'")
+    if not (path / head_file).is_file():
+        raise ArtifactError(f"{path} has no {head_file}")
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), load_file(str(path / head_file))
 
 def _check_pairs(pairs: Sequence[tuple[str, str]], batch_size: int) -> None:
     for i, (q, t) in enumerate(pairs):
