@@ -457,8 +457,8 @@ test_item = demo_questions("test")[0]
 retriever = RerankRetriever(kb, Reranker.load(model_dir), first_stage="hybrid", pool=50)
 print(test_item.linearize(), "\\ngold passages:", test_item.meta["passage_ids"])
 pd.DataFrame([{"rank": h["rank"], "id": h["id"], "rerank": round(h["scores"]["rerank"], 3),
-               "first stage": round(h["scores"].get("hybrid", h["score"]), 4), "text": h["text"][:80]}
-              for h in retriever(test_item, n_docs=3)])
+               "bm25": round(h["scores"].get("bm25", 0.0), 2), "dense": round(h["scores"].get("dense", 0.0), 3),
+               "text": h["text"][:80]} for h in retriever(test_item, n_docs=3)])
 '''),
 ]
 
