@@ -150,13 +150,16 @@ def main() -> None:
                         "onnx_int8_warm_p90_ms": 1000 * float(np.percentile(w_q, 90))})
         results.append(row)
 
-    print(f"{fp32.kind} reranker {src} vs {onnx_dir} ({int8.meta.get('onnx_file')}), threads={args.threads}, "
+    # an --onnx folder exported with --no-quantize is fp32: say so in the headers (the JSON keys stay "int8")
+    prec = "int8" if (int8.meta.get("onnx") or {}).get("quantized", True) else "fp32"
+    print(f"{fp32.kind} reranker {src} vs {onnx_dir} ({int8.meta.get('onnx_file')}, {prec}), threads={args.threads}, "
           f"max_length={fp32.max_length}, candidates={'KB BM25 top-n' if kb else 'random open-book facts'}")
     if late:
         print("late interaction: cold = empty passage cache, warm = candidates pre-filled with warm(); fidelity "
               "from the warm rankings")
         print("| candidates | torch fp32 cold p50 / p90 ms | torch fp32 warm p50 / p90 ms "
-              "| ONNX int8 cold p50 / p90 ms | ONNX int8 warm p50 / p90 ms | int8 top-5 overlap | int8 NDCG@10 |")
+              f"| ONNX {prec} cold p50 / p90 ms | ONNX {prec} warm p50 / p90 ms | {prec} top-5 overlap "
+              f"| {prec} NDCG@10 |")
         print("|---|---|---|---|---|---|---|")
         for r in results:
             print(f"| {r['candidates']} | {r['torch_fp32_p50_ms']:.0f} / {r['torch_fp32_p90_ms']:.0f} "
@@ -165,8 +168,8 @@ def main() -> None:
                   f"| {r['onnx_int8_warm_p50_ms']:.1f} / {r['onnx_int8_warm_p90_ms']:.1f} "
                   f"| {r['top5_overlap']:.3f} | {r['ndcg10']:.3f} |")
     else:
-        print("| candidates | torch fp32 p50 / p90 ms | ONNX int8 p50 / p90 ms | fp32/int8 (p50) "
-              "| int8 top-5 overlap | int8 NDCG@10 |")
+        print(f"| candidates | torch fp32 p50 / p90 ms | ONNX {prec} p50 / p90 ms | fp32/{prec} (p50) "
+              f"| {prec} top-5 overlap | {prec} NDCG@10 |")
         print("|---|---|---|---|---|---|")
         for r in results:
             print(f"| {r['candidates']} | {r['torch_fp32_p50_ms']:.0f} / {r['torch_fp32_p90_ms']:.0f} "
