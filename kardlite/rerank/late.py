@@ -60,6 +60,7 @@ from kardlite.rerank.model import (
     load_torch_folder,
     onnx_model_file,
     onnx_session,
+    read_npz,
     run_encoder,
 )
 
@@ -455,14 +456,9 @@ def _check_projection(path: Path, shapes: Mapping[str, tuple[int, ...]], dim: in
 
 
 def _load_npz_projection(path: Path, dim: int) -> tuple[np.ndarray, float]:
-    if not path.is_file():
-        raise ArtifactError(f"{path.parent} has no {path.name} (the token projection); re-export it with "
-                            "`kardlite rerank export`")
-    with np.load(path, allow_pickle=False) as z:
-        if "weight" not in z or "log_scale" not in z:
-            raise ArtifactError(f"{path}: expected arrays 'weight' and 'log_scale', got {sorted(z.files)}")
-        weight = np.asarray(z["weight"], dtype=np.float32)
-        log_scale = np.asarray(z["log_scale"], dtype=np.float64).reshape(-1)
+    arrays = read_npz(path, ("weight", "log_scale"), "the token projection")
+    weight = arrays["weight"].astype(np.float32)
+    log_scale = arrays["log_scale"].astype(np.float64).reshape(-1)
     if weight.ndim != 2 or weight.shape[0] != dim or log_scale.shape != (1,):
         raise ArtifactError(f"{path}: expected weight ({dim}, hidden) and log_scale (1,), got {weight.shape} and "
                             f"{log_scale.shape}")

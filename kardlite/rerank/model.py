@@ -472,15 +472,22 @@ def _base_encoder(name_or_path: str | Path | None, *, max_length: int, lora: Map
     return tokenizer, encoder, base
 
 
-def _load_npz_head(path: Path) -> tuple[np.ndarray, float]:
+def read_npz(path: Path, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """The named arrays of an exported ``.npz`` (no pickles), with errors that name the file and what it holds."""
     if not path.is_file():
-        raise ArtifactError(f"{path.parent} has no {path.name} (the scoring head); re-export it with "
-                            "`kardlite rerank export`")
+        raise ArtifactError(f"{path.parent} has no {path.name} ({what}); re-export it with `kardlite rerank export`")
     with np.load(path, allow_pickle=False) as z:
-        if "weight" not in z or "bias" not in z:
-            raise ArtifactError(f"{path}: expected arrays 'weight' and 'bias', got {sorted(z.files)}")
-        weight = np.asarray(z["weight"], dtype=np.float32).reshape(-1)
-        bias = np.asarray(z["bias"], dtype=np.float32).reshape(-1)
+        missing = [n for n in names if n not in z]
+        if missing:
+            expected = " and ".join(repr(n) for n in names)
+            raise ArtifactError(f"{path}: expected arrays {expected}, got {sorted(z.files)}")
+        return {n: np.asarray(z[n]) for n in names}
+
+
+def _load_npz_head(path: Path) -> tuple[np.ndarray, float]:
+    arrays = read_npz(path, ("weight", "bias"), "the scoring head")
+    weight = arrays["weight"].astype(np.float32).reshape(-1)
+    bias = arrays["bias"].astype(np.float32).reshape(-1)
     if bias.shape != (1,):
         raise ArtifactError(f"{path}: bias must hold one value, got shape {bias.shape}")
     return weight, float(bias[0])
