@@ -54,7 +54,9 @@ def bundle_line(manifest: Mapping[str, Any]) -> str:
     student = manifest.get("student", {})
     retrieval = manifest.get("retrieval", {})
     demo = manifest.get("demo") or {}
-    reranker = "a trained reranker" if retrieval.get("reranker") else "no reranker"
+    rr = retrieval.get("reranker")
+    kind = f"{rr['kind']} " if isinstance(rr, Mapping) and rr.get("kind") else ""
+    reranker = f"a trained {kind}reranker" if rr else "no reranker"
     mode = f" Demo bundle built in **{demo['mode']}** mode ({demo.get('student', '')})." if demo.get("mode") else ""
     params = student.get("parameters")
     size = f"{params / 1e6:.0f}M parameters, " if isinstance(params, int | float) else ""

@@ -115,8 +115,8 @@ def _copy_reranker(reranker_dir: Path, dest: Path) -> dict[str, Any]:
 
         export_reranker_onnx(reranker_dir, dest, quantize=True)
     meta = read_json(dest / CONFIG_NAME)
-    return {"dir": RERANKER_DIR, "onnx": meta.get("onnx"), "max_length": meta.get("max_length"),
-            "base_model": meta.get("base_model")}
+    return {"dir": RERANKER_DIR, "kind": meta.get("kind", "cross-encoder"), "onnx": meta.get("onnx"),
+            "max_length": meta.get("max_length"), "base_model": meta.get("base_model")}
 
 
 def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path = "exports", *,

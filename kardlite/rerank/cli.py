@@ -46,12 +46,14 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     max_train_queries: Annotated[int, typer.Option(help="Cap on training queries (0 = all).")] = 0,
     seed: Annotated[int, typer.Option()] = 42,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or "
+                                             "cuda:N.")] = "auto",
 ) -> None:
     """Build candidates labelled by rationale BM25 (question-disjoint split), then train the reranker."""
     from kardlite.data import load_task
     from kardlite.kb import KnowledgeBase
     from kardlite.rerank.data import CandidateConfig, build_queries, read_rationales, save_queries, split_by_item
-    from kardlite.rerank.train import RerankTrainConfig, train_reranker
+    from kardlite.rerank.train import RerankTrainConfig, resolve_device, train_reranker
 
     data_dir = data or out.with_name(out.name + ".data")
     config = RerankTrainConfig(base_model=base_model, kind=kind, dim=dim,  # type: ignore[arg-type]
@@ -59,9 +61,11 @@ def train(
                                tau2=tau2, tau2_end=tau2_end, lr=lr, head_lr_mult=head_lr_mult, epochs=epochs,
                                queries_per_batch=queries_per_batch, max_length=max_length,
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
-                               num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries)
+                               num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries,
+                               device=device)
     try:
         config.validate()
+        resolve_device(device)  # a missing GPU fails here, before the candidates are built
     except InputError as err:
         raise fail(err) from None
     if questions is not None or rationales is not None:
@@ -119,8 +123,11 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="Export folder.")],
     quantize: Annotated[bool, typer.Option(help="Dynamic int8 quantisation.")] = True,
     quantization: Annotated[str, typer.Option(help="avx2, avx512, avx512_vnni or arm64.")] = "avx2",
+    quantize_ffn: Annotated[bool, typer.Option(help="Quantise the feed-forward matmuls too (smaller; rankings "
+                                                    "further from fp32).")] = False,
 ) -> None:
     """Export a trained reranker to ONNX (int8 by default), loadable without torch."""
     from kardlite.rerank.onnx import export_reranker_onnx
 
-    typer.echo(str(export_reranker_onnx(model_dir, out_dir, quantize, quantization=quantization)))  # type: ignore[arg-type]
+    typer.echo(str(export_reranker_onnx(model_dir, out_dir, quantize, quantization=quantization,  # type: ignore[arg-type]
+                                        quantize_ffn=quantize_ffn)))

@@ -96,6 +96,29 @@ def test_onnx_round_trip_matches_torch(toy_reranker_dir: Path, trained: Reranker
     assert {f.name for f in int8_dir.iterdir()} >= {"head.npz", "model_quantized.onnx", "tokenizer.json"}
 
 
+def test_int8_export_leaves_attention_products_and_feed_forward_fp32(int8_dir: Path, toy_reranker_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    import onnx
+
+    def ops(folder: Path) -> tuple[int, list[str]]:
+        graph = onnx.load(str(folder / "model_quantized.onnx")).graph
+        return (sum(n.op_type == "MatMulInteger" for n in graph.node),
+                [n.name for n in graph.node if n.op_type == "MatMul"])
+
+    # 3 layers: Q, K, V and the attention output in int8; 2 feed-forward and 2 activation products per layer fp32
+    n_int8, fp32 = ops(int8_dir)
+    assert n_int8 == 12 and len(fp32) == 12, (n_int8, fp32)
+    assert sum("intermediate" in n or ("/output/dense" in n and "attention" not in n) for n in fp32) == 6
+    meta = json.loads((int8_dir / "reranker.json").read_text())
+    assert meta["onnx"]["quantized"] and "feed-forward kept fp32" in meta["onnx"]["quantization"]
+    # --quantize-ffn: the feed-forward matmuls too; attention's activation products stay fp32 either way
+    all_dir = export_reranker_onnx(toy_reranker_dir, tmp_path / "all", quantize_ffn=True)
+    n_int8, fp32 = ops(all_dir)
+    assert n_int8 == 18 and len(fp32) == 6 and all("attention/self/MatMul" in n for n in fp32), fp32
+    texts = ["the camel lives in the desert", "the frog eats flies for energy", "the bee has wings"]
+    assert np.isfinite(Reranker.load(all_dir, backend="onnx").score(QUERY, texts)).all()
+
+
 def test_onnx_backend_never_imports_torch(int8_dir: Path) -> None:
     code = ("import sys; from kardlite.rerank import Reranker; "
             f"r = Reranker.load({str(int8_dir)!r}, backend='onnx'); "

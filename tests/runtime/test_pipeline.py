@@ -176,3 +176,29 @@ def test_runs_with_torch_unimportable(tiny_bundle: Path) -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"passages": 3, "generated": out["generated"], "heavy": [], "reranked": True}
     assert 1 <= out["generated"] <= 4
+
+
+def test_late_interaction_bundle_warms_its_cache_at_load(tiny_bundle: Path, tmp_path: Path) -> None:
+    from kardlite.export.bundle import export_bundle
+    from kardlite.rerank.model import Reranker
+    from kardlite.runtime import load
+
+    li = Reranker.from_pretrained(kind="late-interaction", num_layers=2, max_length=64, seed=0)
+    li.save(tmp_path / "li-reranker")
+    out = export_bundle(tiny_bundle / "student.gguf", tiny_bundle / "kb", tmp_path, name="li",
+                        reranker_dir=tmp_path / "li-reranker",
+                        pool=8, n_docs=2, decoding={"max_new_tokens": 4})
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["retrieval"]["reranker"]["kind"] == "late-interaction"
+    with load(out, threads=1) as pipe:
+        n = len(pipe.kb)
+        assert pipe.reranker.cache_info()["size"] == n and pipe.reranker.cache_info()["encoded_passages"] == n
+        ans = pipe.ask(*QUESTIONS[0])
+        # the pool came from the warmed KB: only the question was encoded
+        info = pipe.reranker.cache_info()
+        assert info["encoded_passages"] == n and info["encoded_queries"] == 1, info
+        assert len(ans["passages"]) == 2 and ans["passages"][0]["rerank_score"] is not None
+    with load(out, threads=1, warm_reranker=0) as pipe:
+        assert pipe.reranker.cache_info()["size"] == 0
+        pipe.ask(*QUESTIONS[0])
+        assert pipe.reranker.cache_info()["encoded_passages"] == 8  # the pool, encoded on demand
