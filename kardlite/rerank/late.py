@@ -415,7 +415,8 @@ class LateInteractionReranker(Reranker):
             enc = tok(list(texts), truncation=True, max_length=self.query_max_length if query else self.max_length,
                       padding=True, return_tensors="pt")
             with torch.inference_mode():
-                vec = self.model.embed(**enc).float().cpu().numpy()
+                device = next(self.model.parameters()).device  # the GPU after training there
+                vec = self.model.embed(**{k: v.to(device) for k, v in enc.items()}).float().cpu().numpy()
             keep = enc["attention_mask"].bool().numpy()
             return [vec[i][keep[i]] for i in range(len(texts))]
         tok = self.query_tokenizer if query else self.tokenizer

@@ -256,8 +256,9 @@ class Reranker:
             import torch
 
             enc = self.encode(pairs)
+            device = model_device(self.model)
             with torch.inference_mode():
-                scores = self.model(**enc)
+                scores = self.model(**{k: v.to(device) for k, v in enc.items()})
             return scores.float().cpu().numpy()
         encs = self.tokenizer.encode_batch([(q, t) for q, t in pairs])
         mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
@@ -374,6 +375,11 @@ class Reranker:
             atomic_write_json(tmp / CONFIG_NAME, cfg)
         self.path = path
         return path
+
+
+def model_device(model: Any) -> Any:
+    """The torch device a scorer module's weights are on (tokenised batches are moved there before a forward)."""
+    return next(model.parameters()).device
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

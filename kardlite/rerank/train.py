@@ -20,6 +20,10 @@ Schedule: AdamW (weight decay 0.01 except biases and LayerNorm), 5% linear warmu
 gradient clipping at 1.0, batches of ``queries_per_batch`` queries × their (≤ 8) candidates. Each epoch ends
 with dev metrics (best-candidate top-1 / top-3 rate, dev loss); the epoch with the best dev top-1 (then top-3)
 is saved, atomically. ``train_log.jsonl`` keeps one line per step and per evaluation.
+
+Device: ``device="auto"`` trains on the GPU when torch sees one, else on the CPU; the model and every batch go
+there, and so does the dev evaluation. The saved folder is the same either way: the model is moved back to the
+CPU before it is written.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -43,6 +48,7 @@ from kardlite.rerank.data import RerankQuery, load_queries
 from kardlite.rerank.model import DEFAULT_DIM, DEFAULT_MAX_LENGTH, KINDS, Kind, Reranker
 
 Objective = Literal["kl", "ce"]
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class RerankTrainConfig:
         threads: torch intra-op threads (None = torch's default).
         eval_batch_size: pairs per forward pass when evaluating.
         max_train_queries: cap on training queries (0 = all), for quick runs.
+        device: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N".
     """
 
     base_model: str | None = None
@@ -101,6 +108,7 @@ class RerankTrainConfig:
     threads: int | None = None
     eval_batch_size: int = 64
     max_train_queries: int = 0
+    device: str = "auto"
 
     def validate(self) -> None:
         """Raise InputError naming the first bad setting."""
@@ -125,9 +133,44 @@ class RerankTrainConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise InputError(f"{msg}, got {getattr(self, name)!r}", field=name)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}",
+                             field="device")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device a training run uses: "auto" → "cuda" when torch sees a GPU, else "cpu".
+
+    Raises:
+        InputError (field "device"): an unknown device string, or a CUDA device that this machine lacks.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtraError("torch", "train") from None
+
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}", field="device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here (torch "
+                             f"{torch.__version__}); use 'cpu' or 'auto'", field="device")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                             "device(s)", field="device")
+    return device
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
 
 
 def temperature_at(start: float, end: float | None, step: int, total: int) -> float:
@@ -201,7 +244,8 @@ def _pad(queries: Sequence[RerankQuery], scores_flat: Any) -> tuple[Any, Any, An
         labels[i, :n] = torch.tensor(q.labels, dtype=scores_flat.dtype)
         mask[i, :n] = True
         pos += n
-    return scores, labels, mask
+    # labels and mask are built on the CPU and moved once (not one small copy per query)
+    return scores, labels.to(scores_flat.device), mask.to(scores_flat.device)
 
 
 def evaluate_queries(reranker: Reranker, queries: Sequence[RerankQuery], *, batch_size: int = 64,
@@ -317,6 +361,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     if overlap:
         raise InputError(f"train and dev share {len(overlap)} questions (e.g. {sorted(overlap)[0]!r}); "
                          "split by question", field="data")
+    device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(int(config.threads))
     rng = random.Random(config.seed)
@@ -335,6 +380,10 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
                                         num_layers=config.num_layers, seed=config.seed, kind=config.kind,
                                         dim=config.dim)
     model = reranker.model
+    # before the optimiser is built, so that it holds the device's parameters (and its state lands there too)
+    model.to(device)
+    log({"event": "start", "device": device, "device_name": _device_name(device), "n_train": len(train),
+         "n_dev": len(dev)})
     groups: dict[tuple[bool, bool], list[Any]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -373,7 +422,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             tau1 = temperature_at(config.tau1, config.tau1_end, step, total)
             tau2 = temperature_at(config.tau2, config.tau2_end, step, total)
             enc = reranker.encode([(q.query, t) for q in batch for t in q.texts])
-            flat = model(**enc)
+            flat = model(**{k: v.to(device) for k, v in enc.items()})
             scores, labels, mask = _pad(batch, flat)
             loss = rerank_loss(scores, labels, mask, objective=config.objective, tau1=tau1, tau2=tau2)
             opt.zero_grad(set_to_none=True)
@@ -382,11 +431,12 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
             sched.step()
-            log({"event": "step", "epoch": epoch, "step": step, "loss": float(loss), "lr": sched.get_last_lr()[0],
+            loss_value = float(loss.detach())  # one device sync per step
+            log({"event": "step", "epoch": epoch, "step": step, "loss": loss_value, "lr": sched.get_last_lr()[0],
                  "tau1": tau1, "tau2": tau2, "elapsed_s": round(time.time() - started, 2)})
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}", epoch=epoch)
+            bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
         if dev:
             m = dev_eval(epoch, step)
             history.append(m)
@@ -397,8 +447,11 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     bar.close()
     if best_state is not None and best_epoch != config.epochs:
         model.load_state_dict(best_state)
+    # saved from the CPU whatever the training device: the folder is the same as a CPU run's
+    model.to("cpu")
     model.eval()
-    reranker.meta["training"] = {"config": config.to_dict(), "n_train": len(train), "n_dev": len(dev),
+    reranker.meta["training"] = {"config": config.to_dict(), "device": device, "device_name": _device_name(device),
+                                 "n_train": len(train), "n_dev": len(dev),
                                  "n_dev_items": len({q.item_id for q in dev}), "steps": total,
                                  "best_epoch": best_epoch if dev else config.epochs, "dev": history,
                                  "train_seconds": round(time.time() - started, 1)}

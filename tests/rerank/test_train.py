@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from kardlite.errors import InputError
 from kardlite.rerank.model import Reranker
-from kardlite.rerank.train import RerankTrainConfig, evaluate_queries, train_reranker
+from kardlite.rerank.train import RerankTrainConfig, evaluate_queries, resolve_device, train_reranker
 
 pytestmark = pytest.mark.slow
 
@@ -41,3 +42,60 @@ def test_rejects_overlapping_split_and_empty_data(tmp_path, toy_split) -> None:
     with pytest.raises(InputError):
         train_reranker((train, dev), tmp_path / "x", RerankTrainConfig(tau2=0.0), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def _tiny(kind: str = "cross-encoder", **kw) -> RerankTrainConfig:
+    """One epoch on 8 queries through 1 encoder layer: a training run of a few seconds on a CPU."""
+    return RerankTrainConfig(kind=kind, dim=16, epochs=1, queries_per_batch=4, num_layers=1, max_length=32, seed=0,
+                             threads=2, max_train_queries=8, **kw)  # type: ignore[arg-type]
+
+
+def test_device_cpu_trains_and_records_the_device(tmp_path, toy_split) -> None:
+    train, dev = toy_split
+    out = train_reranker((train, dev[:4]), tmp_path / "rr", _tiny(device="cpu"), progress=False)
+    meta = json.loads((out / "reranker.json").read_text())
+    assert meta["training"]["device"] == "cpu" and meta["training"]["device_name"] == "cpu"
+    assert meta["training"]["config"]["device"] == "cpu"
+    first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["event"] == "start" and first["device"] == "cpu"
+    assert Reranker.load(out).score("Where does a camel live?", ["the camel lives in the desert"]).shape == (1,)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "CUDA", "", "mps", "cuda:-1"])
+def test_bad_device_string_is_an_input_error(tmp_path, toy_split, device) -> None:
+    with pytest.raises(InputError) as err:
+        RerankTrainConfig(device=device).validate()
+    assert err.value.field == "device"
+    with pytest.raises(InputError) as err:
+        train_reranker(toy_split, tmp_path / "x", RerankTrainConfig(device=device), progress=False)
+    assert err.value.field == "device" and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_a_gpu_is_an_input_error(tmp_path, toy_split, device) -> None:
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(InputError, match="no CUDA") as err:
+        train_reranker(toy_split, tmp_path / "x", _tiny(device=device), progress=False)
+    assert err.value.field == "device" and not (tmp_path / "x").exists()
+
+
+def test_cli_device_option(tmp_path, toy_kb, toy_split) -> None:
+    from typer.testing import CliRunner
+
+    from kardlite.cli import app
+    from kardlite.rerank.data import save_queries
+
+    train, dev = toy_split
+    data = tmp_path / "data"
+    data.mkdir()
+    save_queries(data / "train.jsonl", train)
+    save_queries(data / "dev.jsonl", dev[:4])
+    base = ["train", "reranker", "--kb", str(toy_kb.path), "--data", str(data), "--num-layers", "1", "--epochs", "1",
+            "--max-train-queries", "4", "--queries-per-batch", "4", "--max-length", "32"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r" / "reranker.json").read_text())["training"]["device"] == "cpu"
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r2"), "--device", "tpu"])
+    assert res.exit_code == 2 and "device" in res.output and not (tmp_path / "r2").exists()
