@@ -29,7 +29,8 @@ def ask(
     from kardlite.runtime import load
 
     try:
-        pipe = load(bundle, threads=threads)
+        # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
+        pipe = load(bundle, threads=threads, warm_reranker=0)
         kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature}
         answer = None
         for event in pipe.stream(question, option or None, **kwargs):
