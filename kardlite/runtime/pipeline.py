@@ -368,7 +368,8 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
 
         reranker = Reranker.load(path / rr["dir"], backend="onnx", threads=threads)
         if 0 < len(kb) <= warm_reranker:
-            reranker.warm(kb)  # a no-op for a cross-encoder, whose scores need the question
+            # a no-op for a cross-encoder, whose scores need the question; a bar when it takes more than ~10 s
+            reranker.warm(kb, progress=len(kb) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)
     return Pipeline(path, manifest, kb, reranker, llm)
