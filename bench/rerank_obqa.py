@@ -9,6 +9,9 @@ Steps (commands in docs/results/reranker-obqa.md):
             candidate) for BM25(question), the untrained reranker (fresh head) and the trained one;
             (b) recall@1/3/5 of ``fact1`` on the 500 OBQA dev questions: BM25, dense, hybrid alone, and each
             reranker over a first-stage pool.
+  ceiling   what the reranker's target can reach: on the training questions of the kept-rationales file (first
+            kept rationale each), recall of ``fact1`` by BM25 / dense / hybrid with the question and with the
+            rationale as the query. BM25(rationale) is what the reranker learns to imitate.
 """
 
 from __future__ import annotations
@@ -86,6 +89,28 @@ def _recall(ranked: list[list[str]], gold: list[str | None], ks: tuple[int, ...]
     for k in ks:
         out[f"R@{k}"] = sum(g in r[:k] for r, g in pairs) / len(pairs)
     return out
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    from kardlite.data import load_task
+    from kardlite.kb import KnowledgeBase
+
+    kb = KnowledgeBase.load(args.kb)
+    text_to_id = {_norm(p.text): p.id for p in kb}
+    items = {it.id: it for it in load_task(OBQA / "Additional" / "train_complete.jsonl")}
+    first: dict[str, str] = {}
+    for line in args.kept.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        first.setdefault(row["item_id"], row["text"])  # the file lists each question's rationales in order
+    ids = sorted(first)
+    gold = [text_to_id.get(_norm(items[i].meta.get("fact1", ""))) for i in ids]
+    report: dict[str, object] = {"n_questions": len(ids), "n_with_fact1_in_book": sum(g is not None for g in gold)}
+    for name, queries in (("question", [items[i].linearize() for i in ids]), ("rationale", [first[i] for i in ids])):
+        for retriever in ("bm25", "dense", "hybrid"):
+            ranked = [[h["id"] for h in kb.search(q, 20, retriever=retriever)] for q in queries]
+            report[f"{retriever}({name})"] = _recall(ranked, gold, (1, 5, 20))
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -185,9 +210,15 @@ def main() -> None:
     e.add_argument("--seed", type=int, default=42)
     e.add_argument("--num-layers", type=int, default=None, help="layers of the untrained starting point")
     e.add_argument("--out", type=Path, default=ROOT / "runs/rerank-obqa/eval.json")
+    c = sub.add_parser("ceiling")
+    c.add_argument("--kb", type=Path, default=ROOT / "runs/rerank-obqa/kb")
+    c.add_argument("--kept", type=Path, default=ROOT / "runs/rerank-obqa/kept_rationales.jsonl")
+    c.add_argument("--out", type=Path, default=ROOT / "runs/rerank-obqa/ceiling.json")
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(args)
+    elif args.cmd == "ceiling":
+        ceiling(args)
     else:
         args.first_stage = args.first_stage or ["hybrid"]
         evaluate(args)
