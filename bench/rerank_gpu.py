@@ -124,14 +124,13 @@ def _write_gz(path: Path, data: bytes) -> None:
 
 def pack(args: argparse.Namespace) -> None:
     import numpy as np
-    from rerank_obqa import OBQA, _norm, _recall
+    from rerank_obqa import OBQA, _norm, _recall, bm25_question_baseline
     from safetensors.numpy import load_file, save_file
 
     from kardlite.data import load_task
     from kardlite.kb import KnowledgeBase
     from kardlite.rerank.data import CandidateConfig, build_queries, read_rationales, split_by_item
     from kardlite.rerank.model import default_base_model
-    from kardlite.rerank.train import candidate_hit
 
     started = time.time()
     out: Path = args.out
@@ -193,17 +192,10 @@ def pack(args: argparse.Namespace) -> None:
                 text = cpu.read_text(encoding="utf-8")  # the CPU runs' exact file in any case
             _write_gz(folder / f"{split}.jsonl.gz", text.encode("utf-8"))
             info[f"{split}_plain_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        # BM25(question) as a reranker of the dev candidates: the baseline of the candidate metric
-        b1 = b3 = 0
-        for q in dev:
-            s = np.asarray(q.labels)
-            f = kb.bm25_scores(q.query, q.ids).astype(np.float64)
-            b1 += candidate_hit(f, s, 1)
-            b3 += candidate_hit(f, s, 3)
-        info["dev_bm25_question"] = {"top1": b1 / len(dev), "top3": b3 / len(dev)}
+        info["dev_bm25_question"] = base = bm25_question_baseline(kb, dev)
         manifest["data"][variant] = info
         say(f"data {variant}: {len(train)} train / {len(dev)} dev queries, candidates {info['candidates_per_query']},"
-            f" dev BM25(question) top1 {b1 / len(dev):.3f} top3 {b3 / len(dev):.3f} ({time.time() - t:.0f}s)")
+            f" dev BM25(question) top1 {base['top1']:.3f} top3 {base['top3']:.3f} ({time.time() - t:.0f}s)")
 
     for variant, source in DENSE_FROM.items():
         t = time.time()
@@ -238,15 +230,10 @@ def pack(args: argparse.Namespace) -> None:
             text = "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in qs)
             _write_gz(folder / f"{split}.jsonl.gz", text.encode("utf-8"))
             info[f"{split}_plain_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        b1 = b3 = 0
-        for q in dev_d:
-            f = kb.bm25_scores(q.query, q.ids).astype(np.float64)
-            b1 += candidate_hit(f, np.asarray(q.labels), 1)
-            b3 += candidate_hit(f, np.asarray(q.labels), 3)
-        info["dev_bm25_question"] = {"top1": b1 / len(dev_d), "top3": b3 / len(dev_d)}
+        info["dev_bm25_question"] = base = bm25_question_baseline(kb, dev_d)
         manifest["data"][variant] = info
         say(f"data {variant}: labels from dense(rationale), scale {scale:.1f} (best-candidate mass {target:.3f}); "
-            f"dev BM25(question) top1 {b1 / len(dev_d):.3f} top3 {b3 / len(dev_d):.3f} ({time.time() - t:.0f}s)")
+            f"dev BM25(question) top1 {base['top1']:.3f} top3 {base['top3']:.3f} ({time.time() - t:.0f}s)")
 
     # (c) evaluation pools on the 500 OBQA dev questions (bench/rerank_obqa.py evaluate's gold and pools)
     text_to_id = {_norm(p.text): p.id for p in kb}
