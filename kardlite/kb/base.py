@@ -243,6 +243,28 @@ class KnowledgeBase:
         rows = self._store.rows_of(list(passage_ids))
         return self._bm25.scores(query)[np.asarray(rows, dtype=np.int64)]
 
+    def dense_scores(self, query: str, passage_ids: Sequence[str]) -> np.ndarray:
+        """The cosine of any text with given passages, as ``search(retriever="dense")`` scores them.
+
+        An alternative reranker label (``CandidateConfig(labels="dense")``): the rationale's similarity to each
+        candidate under this KB's encoder.
+
+        Args:
+            query: any text (a question, a rationale).
+            passage_ids: ids of passages in this knowledge base.
+
+        Returns:
+            float32 array aligned with ``passage_ids``.
+
+        Raises:
+            InputError: the KB was built without a dense index.
+        """
+        if self._encoder is None or self._hnsw is None:
+            raise InputError("this knowledge base has no dense index (built with dense=None)", path=self.path,
+                             field="dense")
+        rows = np.asarray(self._store.rows_of(list(passage_ids)), dtype=np.int64)
+        return (self._hnsw.vectors(rows) @ self._encoder.encode([query])[0]).astype(np.float32)
+
     def search(self, query: str, k: int = 5, retriever: Retriever = "hybrid") -> list[Hit]:
         """The k passages that best match a query.
 

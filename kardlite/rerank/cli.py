@@ -26,6 +26,8 @@ def train(
     from_rationale: Annotated[int, typer.Option(help="Candidates from BM25(rationale).")] = 4,
     from_question: Annotated[int, typer.Option(help="Candidates from BM25(question).")] = 4,
     dev_fraction: Annotated[float, typer.Option(help="Share of questions held out as dev.")] = 0.1,
+    labels: Annotated[str, typer.Option(help="Candidate labels: bm25 (the paper's: BM25 of the rationale) or dense "
+                                             "(scaled cosine of the rationale under the KB's encoder).")] = "bm25",
     base_model: Annotated[str | None, typer.Option(help="HF id or folder (default: packaged all-MiniLM-L6-v2).")]
     = None,
     kind: Annotated[str, typer.Option(help="cross-encoder, or late-interaction (ColBERT-style, the paper's).")]
@@ -72,7 +74,7 @@ def train(
         if questions is None or rationales is None:
             raise typer.BadParameter("give both --questions and --rationales (or neither, to reuse --data)")
         cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
-                               dev_fraction=dev_fraction)
+                               dev_fraction=dev_fraction, labels=labels)  # type: ignore[arg-type]
         knowledge = KnowledgeBase.load(kb)
         queries = build_queries(knowledge, load_task(questions), read_rationales(rationales), cand)
         tr, dev = split_by_item(queries, dev_fraction, seed)

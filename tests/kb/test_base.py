@@ -191,6 +191,12 @@ def test_dense_finds_a_paraphrase_and_hybrid_fuses(tmp_path: Path, facts: list[P
     dense = kb.search(query, k=3, retriever="dense")
     assert dense[0]["id"] == "owl" and 0 < dense[0]["score"] <= 1.0001
     assert dense[0]["scores"] == {"dense": dense[0]["score"]}
+    # dense_scores gives any text's cosine with any passages: the dense search's own scores
+    np.testing.assert_allclose(kb.dense_scores(query, [h["id"] for h in dense]), [h["score"] for h in dense],
+                               atol=1e-4)
+    with pytest.raises(InputError, match="no dense index"):
+        KnowledgeBase.build(facts, tmp_path / "bm25", config=KBConfig(dense=None), progress=False).dense_scores(
+            query, ["owl"])
 
     hybrid = kb.search(query, k=len(facts), retriever="hybrid")
     assert hybrid[0]["id"] == "owl"

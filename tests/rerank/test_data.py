@@ -8,6 +8,7 @@ import pytest
 
 from kardlite.errors import InputError
 from kardlite.rerank.data import (
+    DENSE_SCALE,
     CandidateConfig,
     build_queries,
     load_queries,
@@ -33,6 +34,26 @@ def test_candidates_and_labels(toy_kb, toy_data) -> None:
         q_top = {h["id"] for h in toy_kb.search(q.query, 32, "bm25")}
         assert set(q.ids) <= r_top | q_top
         assert sum("r" in o for o in q.origin) >= 4 and all(o for o in q.origin)
+
+
+@pytest.mark.slow
+def test_dense_labels(tmp_path: Path, toy_data) -> None:
+    from kardlite.kb import KnowledgeBase
+    from kardlite.kb.config import HNSWConfig, KBConfig
+
+    from .conftest import toy_passages
+
+    kb = KnowledgeBase.build(toy_passages(), tmp_path / "kb", config=KBConfig(hnsw=HNSWConfig(M=8)), progress=False)
+    items, rats = toy_data
+    bm25 = build_queries(kb, items, rats[:6], progress=False)
+    dense = build_queries(kb, items, rats[:6], CandidateConfig(labels="dense"), progress=False)
+    for qb, qd, (_, _, text) in zip(bm25, dense, rats[:6], strict=True):
+        assert qd.ids == qb.ids  # the same candidates; only the labels change
+        np.testing.assert_allclose(qd.labels, DENSE_SCALE * kb.dense_scores(text, qd.ids), rtol=1e-5)
+        assert np.ptp(qd.labels) > 1.0  # on BM25's scale, not cosines in [-1, 1]
+    with pytest.raises(InputError) as err:
+        build_queries(kb, items, rats, CandidateConfig(labels="tfidf"), progress=False)  # type: ignore[arg-type]
+    assert err.value.field == "labels"
 
 
 def test_sampling_is_seeded_and_order_independent(toy_kb, toy_data) -> None:
