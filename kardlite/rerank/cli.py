@@ -65,16 +65,17 @@ def train(
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
                                num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries,
                                device=device)
+    cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
+                           dev_fraction=dev_fraction, labels=labels)  # type: ignore[arg-type]
     try:
         config.validate()
+        cand.validate()
         resolve_device(device)  # a missing GPU fails here, before the candidates are built
     except InputError as err:
         raise fail(err) from None
     if questions is not None or rationales is not None:
         if questions is None or rationales is None:
             raise typer.BadParameter("give both --questions and --rationales (or neither, to reuse --data)")
-        cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
-                               dev_fraction=dev_fraction, labels=labels)  # type: ignore[arg-type]
         knowledge = KnowledgeBase.load(kb)
         queries = build_queries(knowledge, load_task(questions), read_rationales(rationales), cand)
         tr, dev = split_by_item(queries, dev_fraction, seed)

@@ -99,3 +99,5 @@ def test_cli_device_option(tmp_path, toy_kb, toy_split) -> None:
     assert json.loads((tmp_path / "r" / "reranker.json").read_text())["training"]["device"] == "cpu"
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "r2"), "--device", "tpu"])
     assert res.exit_code == 2 and "device" in res.output and not (tmp_path / "r2").exists()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r3"), "--labels", "tfidf"])
+    assert res.exit_code == 2 and "labels" in res.output and not (tmp_path / "r3").exists()
