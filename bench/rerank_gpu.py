@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -70,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 RUNS = ROOT / "runs" / "rerank-obqa"
 KS = (1, 3, 5)
 POOL = 20
-from kardlite._io import atomic_write_json, sha256_file  # noqa: E402  (after the sys.path line)
+from kardlite._io import atomic_write_json, sha256_file, sha256_text  # noqa: E402  (after the sys.path line)
 
 FORBIDDEN = ("hnswlib", "bm25s", "llama_cpp", "onnxruntime")  # absent on the GPU machine
 
@@ -112,6 +111,16 @@ SPLIT = {"seed": 42, "dev_fraction": 0.1}  # the CLI's defaults, used for runs/r
 
 def say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _write_split(folder: Path, split: str, text: str, info: dict[str, Any]) -> None:
+    """One split of a data variant: gzipped JSONL, and the sha256 of the plain text in the variant's info."""
+    _write_gz(folder / f"{split}.jsonl.gz", text.encode("utf-8"))
+    info[f"{split}_plain_sha256"] = sha256_text(text)
+
+
+def _jsonl(queries: list) -> str:
+    return "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in queries)
 
 
 def _write_gz(path: Path, data: bytes) -> None:
@@ -181,7 +190,7 @@ def pack(args: argparse.Namespace) -> None:
                                 "n_dev_items": len({q.item_id for q in dev}),
                                 "candidates_per_query": sorted({len(q.ids) for q in queries})}
         for split, qs in (("train", train), ("dev", dev)):
-            text = "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in qs)
+            text = _jsonl(qs)
             if variant == "c8":
                 cpu = args.data / f"{split}.jsonl"
                 same = cpu.read_text(encoding="utf-8") == text
@@ -190,8 +199,7 @@ def pack(args: argparse.Namespace) -> None:
                                      "--allow-mismatch packs the CPU file anyway")
                 info[f"{split}_equals_cpu_runs_file"] = same
                 text = cpu.read_text(encoding="utf-8")  # the CPU runs' exact file in any case
-            _write_gz(folder / f"{split}.jsonl.gz", text.encode("utf-8"))
-            info[f"{split}_plain_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            _write_split(folder, split, text, info)
         info["dev_bm25_question"] = base = bm25_question_baseline(kb, dev)
         manifest["data"][variant] = info
         say(f"data {variant}: {len(train)} train / {len(dev)} dev queries, candidates {info['candidates_per_query']},"
@@ -201,7 +209,9 @@ def pack(args: argparse.Namespace) -> None:
         t = time.time()
         train, dev = built[source]
         text_of = {(str(i), int(k)): r for i, k, r in rationales}
-        encoder = kb._encoder  # the KB's int8 MiniLM: the dense retriever's own similarity
+        # passages re-encoded here, as for the GPU runs' pack (the KB's stored vectors, which
+        # KnowledgeBase.dense_scores and labels="dense" use, differ slightly: int8 activations are scaled per batch)
+        encoder = kb._encoder
         passages = sorted({x for q in train + dev for x in q.texts})
         rats = sorted({text_of[(q.item_id, q.rationale_index)] for q in train + dev})
         pvec = dict(zip(passages, encoder.encode(passages, batch_size=64), strict=True))
@@ -220,17 +230,15 @@ def pack(args: argparse.Namespace) -> None:
             lo, hi = (mid, hi) if best_mass([[mid * c for c in cos[id(q)]] for q in train]) < target else (lo, mid)
         scale = (lo * hi) ** 0.5
 
-        train_d, dev_d = ([dataclasses.replace(q, labels=[scale * c for c in cos[id(q)]]) for q in qs]
-                          for qs in (train, dev))
         folder = out / "data" / variant
         folder.mkdir(parents=True)
         info = {"from": source, "labels": "scale * cos(dense(rationale), dense(passage)), KB encoder",
-                "scale": scale, "best_candidate_mass_tau1": target, "n_train": len(train_d), "n_dev": len(dev_d)}
-        for split, qs in (("train", train_d), ("dev", dev_d)):
-            text = "".join(json.dumps(q.to_dict(), ensure_ascii=False) + "\n" for q in qs)
-            _write_gz(folder / f"{split}.jsonl.gz", text.encode("utf-8"))
-            info[f"{split}_plain_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        info["dev_bm25_question"] = base = bm25_question_baseline(kb, dev_d)
+                "scale": scale, "best_candidate_mass_tau1": target, "n_train": len(train), "n_dev": len(dev)}
+        for split, qs in (("train", train), ("dev", dev)):
+            rescaled = [dataclasses.replace(q, labels=[scale * c for c in cos[id(q)]]) for q in qs]
+            _write_split(folder, split, _jsonl(rescaled), info)
+            if split == "dev":
+                info["dev_bm25_question"] = base = bm25_question_baseline(kb, rescaled)
         manifest["data"][variant] = info
         say(f"data {variant}: labels from dense(rationale), scale {scale:.1f} (best-candidate mass {target:.3f}); "
             f"dev BM25(question) top1 {base['top1']:.3f} top3 {base['top3']:.3f} ({time.time() - t:.0f}s)")
