@@ -370,6 +370,15 @@ def _cpu_check(rr: Any, model_dir: Path, rows: list[dict[str, Any]], batch_size:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.work:
+        _run(args, Path(args.work))
+        return
+    # The trained models are 0.5 GB per config: without --work they live only as long as the run.
+    with tempfile.TemporaryDirectory(prefix="kardlite-gpu-") as tmp:
+        _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, work: Path) -> None:
     import torch
     import transformers
     from rerank_obqa import _recall
@@ -388,7 +397,6 @@ def run(args: argparse.Namespace) -> None:
     manifest = json.loads((pack_dir / "manifest.json").read_text(encoding="utf-8"))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work or tempfile.mkdtemp(prefix="kardlite-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     device_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
@@ -511,7 +519,7 @@ def main() -> None:
     r.add_argument("--eval-batch-size", type=int, default=256)
     r.add_argument("--stop-after", type=float, default=0, help="seconds; start no config after this (0 = off)")
     r.add_argument("--work", default="", help="folder for the fp32 base and the trained models (default: a "
-                   "fresh /tmp folder)")
+                   "temporary folder, removed at the end)")
     args = ap.parse_args()
     if args.cmd == "pack":
         pack(args)
