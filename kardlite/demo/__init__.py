@@ -39,6 +39,8 @@ def demo_passages() -> list[Passage]:
 def demo_questions(split: Split = "all") -> list[QAItem]:
     """Demo questions of one split. ``meta`` holds ``split``, ``passage_ids`` (the gold passages) and
     ``rationales`` (two teacher-style rationales for each train question, written by hand)."""
+    if split not in ("train", "dev", "test", "all"):
+        raise InputError(f"demo split must be train, dev, test or all, got {split!r}", field="split")
     items: list[QAItem] = []
     for path in sorted(demo_dir().glob("questions_*.jsonl")):
         items += load_generic(path)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from kardlite.demo import demo_passages, demo_questions
+from kardlite.errors import InputError
 from kardlite.prompts import parse_answer
 
 
@@ -17,6 +20,12 @@ def test_sizes_and_splits() -> None:
     assert splits["train"] >= 100 and splits["dev"] >= 25 and splits["test"] >= 25
     assert sum(splits.values()) >= 150
     assert [i.id for i in demo_questions("test")] == [i.id for i in demo_questions() if i.meta["split"] == "test"]
+
+
+def test_an_unknown_split_is_an_error_not_an_empty_list() -> None:
+    with pytest.raises(InputError, match="'val'") as err:
+        demo_questions("val")  # type: ignore[arg-type]
+    assert err.value.field == "split"
 
 
 def test_questions_link_to_existing_passages_and_have_rationales() -> None:
