@@ -7,9 +7,11 @@ raw decode speed to compare with the pipeline's.
 
 Default student: the packaged SmolLM2-135M-Instruct (untrained for KARD; answers are not the point, speed is),
 knowledge base: the demo passages (BM25 + int8 MiniLM + HNSW, hybrid first stage), reranker: the packaged
-MiniLM with an untrained head exported to ONNX int8 (the cost of a real one is the same).
+MiniLM with an untrained head exported to ONNX int8 (the cost of a real one is the same), a cross-encoder or,
+with ``--reranker-kind late-interaction``, the demo bundle's kind (its KB cache is filled at load, in cold start).
 
     nice python bench/edge.py --threads 2 --questions 8
+    nice python bench/edge.py --threads 2 --questions 8 --reranker-kind late-interaction --work runs/bench-edge-li
     nice python bench/edge.py --student runs/obqa/student/model --kb runs/obqa/kb --reranker runs/obqa/reranker
 """
 
@@ -103,6 +105,8 @@ def child_torch(args: argparse.Namespace) -> dict:
     rr_info = manifest["retrieval"]["reranker"]
     reranker = Reranker.load(Path(args.bundle) / rr_info["dir"], backend="onnx", threads=args.threads) if rr_info \
         else None
+    if reranker is not None:
+        reranker.warm(kb)  # as the runtime's load does (a no-op for a cross-encoder)
     model = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.student)
     cold = time.perf_counter() - t0
@@ -166,8 +170,12 @@ def _prepare(args: argparse.Namespace) -> dict[str, Path]:
     if not (rr_dir / "reranker.json").is_file():
         from kardlite.rerank.model import Reranker
 
-        print("saving an untrained MiniLM reranker (timing stand-in) ...", flush=True)
-        Reranker.from_pretrained(seed=0).save(rr_dir)
+        print(f"saving an untrained MiniLM {args.reranker_kind} reranker (timing stand-in) ...", flush=True)
+        Reranker.from_pretrained(seed=0, kind=args.reranker_kind).save(rr_dir)
+    elif not args.reranker:
+        found = json.loads((rr_dir / "reranker.json").read_text(encoding="utf-8")).get("kind", "cross-encoder")
+        if found != args.reranker_kind:  # the bundles under --work carry it too
+            raise SystemExit(f"{rr_dir} holds a {found} stand-in; use another --work for {args.reranker_kind}")
     bundles = {}
     for q in QUANTS:
         out = work / "bundles" / f"edge-{q}"
@@ -218,6 +226,8 @@ def main() -> None:
     ap.add_argument("--gguf-dir", help="folder with student-Q4_K_M.gguf / student-Q8_0.gguf already exported")
     ap.add_argument("--kb", help="knowledge-base folder (default: the demo KB, built once)")
     ap.add_argument("--reranker", help="reranker folder (default: untrained MiniLM stand-in)")
+    ap.add_argument("--reranker-kind", default="cross-encoder", choices=("cross-encoder", "late-interaction"),
+                    help="kind of the untrained stand-in (late interaction: the KB is cached at load)")
     ap.add_argument("--work", default="runs/bench-edge", help="where prepared artefacts and results go")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=8, help="demo test questions to ask (max 27)")

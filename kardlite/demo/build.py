@@ -32,8 +32,8 @@ Mode = Literal["fast", "full"]
 # 216 examples) at a high LoRA learning rate: enough to learn the explain-then-"Answer: X" format and the use of
 # passages, not the medicine.
 # The reranker is late interaction: its MaxSim over MiniLM token vectors ranks well from the first step, and the
-# runtime caches the KB's passage vectors at load, so a question costs one short encoding (25 ms first stage +
-# rerank of 20 candidates). A cross-encoder's fresh head needs hundreds of steps: at this budget it stayed at
+# runtime caches the KB's passage vectors at load, so a question costs one short encoding (~30 ms first stage +
+# rerank of the pool of 50). A cross-encoder's fresh head needs hundreds of steps: at this budget it stayed at
 # chance and pushed the gold passage out of the two shown (bench/demo_reranker.py, docs/results/reranker-obqa.md).
 RERANK_SETTINGS: dict[str, Any] = {"kind": "late-interaction", "objective": "kl", "epochs": 1,
                                    "queries_per_batch": 8, "max_length": 128, "num_layers": 2, "lr": 2e-4}
