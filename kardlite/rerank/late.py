@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from kardlite._io import sha256_file
 from kardlite.errors import ArtifactError, InputError
 from kardlite.rerank.model import (
     DEFAULT_CACHE_SIZE,
@@ -68,11 +71,19 @@ KIND = "late-interaction"
 HEAD_KIND = "maxsim"
 PROJ_FILE = "projection.safetensors"  # torch folder: weight (dim, hidden), log_scale (1,)
 PROJ_NPZ = "projection.npz"  # ONNX folder: the same arrays for numpy
+CACHE_FILE = "passage_cache.npz"  # a bundle's precomputed passage matrices (save_passage_cache)
+CACHE_FORMAT = 1
+# KBs up to this many passages are cached whole: at load by the runtime, and in a bundle's CACHE_FILE at export.
+WARM_LIMIT = 20_000
 INIT_SCALE = 30.0  # why 30: see the module docstring
 MAX_SCALE = 100.0  # a cap, so that the scale cannot run away and make the softmax one-hot
 QUERY_FORMAT = ("linearized question (stem, then 'A. option' lines) encoded alone, at most query_max_length tokens; "
                 "passage contents encoded alone, at most max_length tokens")
 SCORE = "scale * mean over query tokens of max over passage tokens of cos(E_q, E_p); masks skip padding"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 def maxsim(query: np.ndarray, passages: Sequence[np.ndarray]) -> np.ndarray:
@@ -375,6 +386,93 @@ class LateInteractionReranker(Reranker):
                 self.cache.put_many(self._encode_passages(part, batch_size))
                 bar.update(len(part))
         return len(missing)
+
+    def save_passage_cache(self, path: str | Path, passages: Iterable[PassageLike], *, batch_size: int = 64,
+                           progress: bool = False) -> int:
+        """Write the token matrices of ``passages`` to one file, encoding those not cached yet (ColBERT's
+        offline index): a later process fills its cache with :meth:`load_passage_cache` instead of encoding.
+
+        The file (numpy ``.npz``, no pickles) holds float16 ``vectors`` (all passages' tokens, stacked),
+        ``offsets``, the sha256 of each passage text, and the sha256 of this reranker's weight files, so it is
+        only ever read back into the model that wrote it. Written atomically.
+
+        Args:
+            path: the ``.npz`` file to write.
+            passages: Passages, Hits or strings (e.g. a ``KnowledgeBase``).
+            batch_size: passages per forward pass.
+            progress: show a progress bar while encoding.
+
+        Returns:
+            The number of passages written.
+        """
+        texts = list(dict.fromkeys(_text_of(p, i)[0] for i, p in enumerate(passages)))
+        fingerprint = self._fingerprint()
+        mats: list[np.ndarray] = []
+        from tqdm.auto import tqdm
+
+        chunk = batch_size * 16  # bounded: the LRU may be smaller than the passage list
+        with tqdm(total=len(texts), desc="reranker passage cache", unit="passage", disable=not progress) as bar:
+            for start in range(0, len(texts), chunk):
+                part = texts[start:start + chunk]
+                found = self._passage_matrices(part, batch_size)
+                mats.extend(found[t] for t in part)
+                bar.update(len(part))
+        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([m.shape[0] for m in mats])
+        vectors = np.concatenate(mats).astype(np.float16) if mats else np.zeros((0, self.dim), np.float16)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, vectors=vectors, offsets=offsets, digests=np.array([_digest(t) for t in texts], dtype="S32"),
+                     model=np.array(fingerprint.encode()), format=np.array(CACHE_FORMAT))
+        os.replace(tmp, path)
+        return len(texts)
+
+    def load_passage_cache(self, path: str | Path, passages: Iterable[PassageLike]) -> int:
+        """Fill the cache from a file of :meth:`save_passage_cache`: the matrices of those ``passages`` that the
+        file holds (matched by text) are stored without encoding anything; the others are left for :meth:`warm`.
+
+        Raises:
+            ArtifactError: the file is unreadable, of another format, or was written by other weights.
+
+        Returns:
+            The number of passages loaded.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in ("vectors", "offsets", "digests", "model", "format")}
+        except (OSError, ValueError, KeyError) as err:
+            raise ArtifactError(f"{path}: not a readable passage cache ({err})") from None
+        if int(data["format"]) != CACHE_FORMAT or data["vectors"].ndim != 2 or data["vectors"].shape[1] != self.dim:
+            raise ArtifactError(f"{path}: passage cache of format {int(data['format'])} with vectors "
+                                f"{data['vectors'].shape}; expected format {CACHE_FORMAT}, dim {self.dim}")
+        if bytes(data["model"]).decode() != self._fingerprint():
+            raise ArtifactError(f"{path}: written by other reranker weights than {self.path}; rebuild it "
+                                f"(save_passage_cache, or re-export the bundle)")
+        row = {d: i for i, d in enumerate(data["digests"].tolist())}
+        vectors, offsets = data["vectors"], data["offsets"]
+        items: dict[str, np.ndarray] = {}
+        for i, p in enumerate(passages):
+            text = _text_of(p, i)[0]
+            j = row.get(_digest(text))
+            if j is not None and text not in items:
+                items[text] = vectors[offsets[j]:offsets[j + 1]]
+            if len(items) >= self.cache.max_entries:
+                break
+        self.cache.put_many(items)
+        return len(items)
+
+    def _fingerprint(self) -> str:
+        """sha256 over this reranker's weight files: what a passage cache file must have been written by."""
+        if self.path is None:
+            raise InputError("a passage cache needs a reranker saved to or loaded from a folder", field="path")
+        files = ([self.path / self.meta["onnx_file"], self.path / PROJ_NPZ] if self.backend == "onnx"
+                 else sorted(self.path.glob("*.safetensors")))
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+        return h.hexdigest()
 
     def clear_cache(self) -> None:
         """Forget every cached passage matrix (and reset :meth:`cache_info`'s counters)."""

@@ -25,12 +25,12 @@ from kardlite.errors import ArtifactError, InputError
 from kardlite.export.bundle import KB_DIR, read_manifest, verify_bundle
 from kardlite.kb.passage import Hit
 from kardlite.prompts import build_prompt, parse_answer
+from kardlite.rerank.late import WARM_LIMIT
 from kardlite.runtime.types import Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
 
 # A question longer than this many characters per budget token cannot fit the prompt anyway (English BPE runs
 # 3-5 characters a token); refusing it before tokenising keeps a pasted 100 KB document from costing anything.
 _CHARS_PER_TOKEN_LIMIT = 8
-WARM_LIMIT = 20_000  # KB passages a late-interaction reranker pre-encodes at load (~35 s on 2 cores at the limit)
 _ANSWER_LINE = re.compile(r"\s*\bAnswer\s*(?:is)?\s*[:：]", re.IGNORECASE)
 
 
@@ -340,9 +340,11 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
         threads: CPU threads for llama.cpp and onnxruntime (None: their defaults, all cores).
         verify: check every file's size and sha256 against the manifest first (~0.3 s per 100 MB).
         n_ctx: llama.cpp context window; default the bundle's (1024).
-        warm_reranker: a late-interaction reranker encodes the KB's passages at load time when the KB has at most
-            this many (1,326 OBQA facts: ~2 s on 2 cores), so that each question then costs one query encoding
-            instead of one per candidate. 0 = never; a larger KB fills the reranker's cache as questions come.
+        warm_reranker: a late-interaction reranker fills its cache with the KB's passages at load time when the
+            KB has at most this many, so that each question then costs one query encoding instead of one per
+            candidate: read from the bundle's precomputed passage cache (written by ``export_bundle``), else
+            encoded now (1,326 OBQA facts: ~2 s on 2 cores). 0 = never; a larger KB fills the reranker's cache
+            as questions come.
 
     Returns:
         A ready Pipeline.
@@ -367,8 +369,11 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
         from kardlite.rerank.model import Reranker
 
         reranker = Reranker.load(path / rr["dir"], backend="onnx", threads=threads)
+        if 0 < len(kb) <= warm_reranker and rr.get("passage_cache"):
+            reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], kb)
         if 0 < len(kb) <= warm_reranker:
-            # a no-op for a cross-encoder, whose scores need the question; a bar when it takes more than ~10 s
+            # encodes what the precomputed cache lacked (all of the KB without one); a no-op for a cross-encoder,
+            # whose scores need the question; a bar when it takes more than ~10 s
             reranker.warm(kb, progress=len(kb) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)

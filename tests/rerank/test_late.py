@@ -189,6 +189,38 @@ def test_cache_gives_identical_scores_and_skips_the_encoder(late_int8_dir: Path,
     assert late.cache_info()["size"] == 0
 
 
+def test_passage_cache_file_fills_another_process_cache_without_encoding(late_int8_dir: Path, late_dir_copy: Path,
+                                                                        tmp_path: Path) -> None:
+    writer = Reranker.load(late_int8_dir, backend="onnx")
+    expected = writer.rank(QUERY, TEXTS)
+    cache_file = tmp_path / "passage_cache.npz"
+    assert writer.save_passage_cache(cache_file, [*TEXTS, TEXTS[0]]) == 5  # duplicates written once
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    reader = Reranker.load(late_int8_dir, backend="onnx")
+    assert reader.load_passage_cache(cache_file, [*TEXTS, "the owl has large eyes"]) == 5  # the owl is not in it
+    assert reader.cache_info()["encoded_passages"] == 0
+    assert reader.rank(QUERY, TEXTS) == expected  # the very matrices the writer scored with
+    assert reader.cache_info()["encoded_passages"] == 0
+    assert reader.warm([*TEXTS, "the owl has large eyes"]) == 1  # only what the file lacked
+
+    # other weights (here: the same export with one projection value changed) must not read it
+    proj = late_dir_copy / "projection.npz"
+    arrays = dict(np.load(proj))
+    arrays["weight"][0, 0] += 1e-3
+    np.savez(proj, **arrays)
+    with pytest.raises(ArtifactError, match="other reranker weights"):
+        Reranker.load(late_dir_copy, backend="onnx").load_passage_cache(cache_file, TEXTS)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="not a readable passage cache"):
+        reader.load_passage_cache(tmp_path / "junk.npz", TEXTS)
+
+
+@pytest.fixture
+def late_dir_copy(late_int8_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(late_int8_dir, tmp_path / "copy"))
+
+
 def test_passage_cache_is_a_bounded_lru() -> None:
     cache = PassageCache(2)
     a, b, c = (np.full((1, 2), v, dtype=np.float16) for v in (1, 2, 3))

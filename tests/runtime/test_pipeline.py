@@ -178,7 +178,7 @@ def test_runs_with_torch_unimportable(tiny_bundle: Path) -> None:
     assert 1 <= out["generated"] <= 4
 
 
-def test_late_interaction_bundle_warms_its_cache_at_load(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_late_interaction_bundle_reads_its_passage_cache_at_load(tiny_bundle: Path, tmp_path: Path) -> None:
     from kardlite.export.bundle import export_bundle
     from kardlite.rerank.model import Reranker
     from kardlite.runtime import load
@@ -189,16 +189,26 @@ def test_late_interaction_bundle_warms_its_cache_at_load(tiny_bundle: Path, tmp_
                         reranker_dir=tmp_path / "li-reranker",
                         pool=8, n_docs=2, decoding={"max_new_tokens": 4})
     m = json.loads((out / "manifest.json").read_text())
-    assert m["retrieval"]["reranker"]["kind"] == "late-interaction"
+    rr = m["retrieval"]["reranker"]
+    assert rr["kind"] == "late-interaction" and rr["passage_cache"] == "passage_cache.npz"
+    assert "reranker/passage_cache.npz" in m["files"]  # checked by verify_bundle like every file
     with load(out, threads=1) as pipe:
         n = len(pipe.kb)
-        assert pipe.reranker.cache_info()["size"] == n and pipe.reranker.cache_info()["encoded_passages"] == n
+        # every KB passage read from the bundle's file: nothing encoded at load
+        assert pipe.reranker.cache_info()["size"] == n and pipe.reranker.cache_info()["encoded_passages"] == 0
         ans = pipe.ask(*QUESTIONS[0])
-        # the pool came from the warmed KB: only the question was encoded
         info = pipe.reranker.cache_info()
-        assert info["encoded_passages"] == n and info["encoded_queries"] == 1, info
+        assert info["encoded_passages"] == 0 and info["encoded_queries"] == 1, info  # only the question
         assert len(ans["passages"]) == 2 and ans["passages"][0]["rerank_score"] is not None
     with load(out, threads=1, warm_reranker=0) as pipe:
         assert pipe.reranker.cache_info()["size"] == 0
-        pipe.ask(*QUESTIONS[0])
+        again = pipe.ask(*QUESTIONS[0])
         assert pipe.reranker.cache_info()["encoded_passages"] == 8  # the pool, encoded on demand
+        assert [p["id"] for p in again["passages"]] == [p["id"] for p in ans["passages"]]
+    # a bundle without the file (exported before it existed) encodes the KB at load instead
+    del m["retrieval"]["reranker"]["passage_cache"]
+    del m["files"]["reranker/passage_cache.npz"]
+    (out / "reranker" / "passage_cache.npz").unlink()
+    (out / "manifest.json").write_text(json.dumps(m))
+    with load(out, threads=1) as pipe:
+        assert pipe.reranker.cache_info()["size"] == n and pipe.reranker.cache_info()["encoded_passages"] == n
