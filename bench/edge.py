@@ -105,8 +105,10 @@ def child_torch(args: argparse.Namespace) -> dict:
     rr_info = manifest["retrieval"]["reranker"]
     reranker = Reranker.load(Path(args.bundle) / rr_info["dir"], backend="onnx", threads=args.threads) if rr_info \
         else None
-    if reranker is not None:
-        reranker.warm(kb)  # as the runtime's load does (a no-op for a cross-encoder)
+    if reranker is not None:  # as the runtime's load does: the bundle's passage cache, then warm (cross-encoder: no-op)
+        if rr_info.get("passage_cache"):
+            reranker.load_passage_cache(Path(args.bundle) / rr_info["dir"] / rr_info["passage_cache"], kb)
+        reranker.warm(kb)
     model = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.student)
     cold = time.perf_counter() - t0
