@@ -212,9 +212,10 @@ class LateInteractionReranker(Reranker):
     looked up and the others are encoded in batches (shortest first, to pad little) and added. The cache is
     thread-safe (the runtime answers concurrent questions). :meth:`warm` pre-fills it: ``rr.warm(kb)`` at load time
     encodes a whole knowledge base that fits in the cache (e.g. the OBQA open book, 1,326 facts), after which
-    ``rank`` only encodes the question. The torch backend empties the cache whenever its model switches between
-    train and eval mode (training changes the weights in between); after changing weights by other means call
-    :meth:`clear_cache`.
+    ``rank`` only encodes the question; :meth:`save_passage_cache` / :meth:`load_passage_cache` keep those matrices
+    in a file, so that a bundle's runtime reads them instead of encoding its KB at start-up. The torch backend
+    empties the cache whenever its model switches between train and eval mode (training changes the weights in
+    between); after changing weights by other means call :meth:`clear_cache`.
 
     Example:
         >>> rr = Reranker.load("runs/obqa/reranker-late-int8", backend="onnx")  # doctest: +SKIP
