@@ -369,12 +369,13 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
         from kardlite.rerank.model import Reranker
 
         reranker = Reranker.load(path / rr["dir"], backend="onnx", threads=threads)
-        if 0 < len(kb) <= warm_reranker and rr.get("passage_cache"):
-            reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], kb)
-        if 0 < len(kb) <= warm_reranker:
-            # encodes what the precomputed cache lacked (all of the KB without one); a no-op for a cross-encoder,
-            # whose scores need the question; a bar when it takes more than ~10 s
-            reranker.warm(kb, progress=len(kb) > 5_000)
+        # a cross-encoder has nothing to cache: its scores need the question
+        if 0 < len(kb) <= warm_reranker and reranker.kind == "late-interaction":
+            passages = list(kb)  # read once for both steps
+            if rr.get("passage_cache"):
+                reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], passages)
+            # encodes what the file lacked (all of the KB without one); a bar when it takes more than ~10 s
+            reranker.warm(passages, progress=len(passages) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)
     return Pipeline(path, manifest, kb, reranker, llm)
