@@ -394,8 +394,8 @@ class LateInteractionReranker(Reranker):
         offline index): a later process fills its cache with :meth:`load_passage_cache` instead of encoding.
 
         The file (numpy ``.npz``, no pickles) holds float16 ``vectors`` (all passages' tokens, stacked),
-        ``offsets``, the sha256 of each passage text, and the sha256 of this reranker's weight files, so it is
-        only ever read back into the model that wrote it. Written atomically.
+        ``offsets``, the sha256 of each passage text (uint8 rows), and the sha256 of this reranker's weight files,
+        so it is only ever read back into the model that wrote it. Written atomically.
 
         Args:
             path: the ``.npz`` file to write.
@@ -424,8 +424,10 @@ class LateInteractionReranker(Reranker):
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, vectors=vectors, offsets=offsets, digests=np.array([_digest(t) for t in texts], dtype="S32"),
-                     model=np.array(fingerprint.encode()), format=np.array(CACHE_FORMAT))
+            # digests as raw uint8 rows: numpy's fixed-width bytes type would drop a digest's trailing zero bytes
+            digests = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
+            np.savez(fh, vectors=vectors, offsets=offsets, digests=digests, model=np.array(fingerprint),
+                     format=np.array(CACHE_FORMAT))
         os.replace(tmp, path)
         return len(texts)
 
@@ -445,13 +447,14 @@ class LateInteractionReranker(Reranker):
                 data = {k: npz[k] for k in ("vectors", "offsets", "digests", "model", "format")}
         except (OSError, ValueError, KeyError) as err:
             raise ArtifactError(f"{path}: not a readable passage cache ({err})") from None
-        if int(data["format"]) != CACHE_FORMAT or data["vectors"].ndim != 2 or data["vectors"].shape[1] != self.dim:
+        if (int(data["format"]) != CACHE_FORMAT or data["vectors"].ndim != 2 or data["vectors"].shape[1] != self.dim
+                or data["digests"].shape != (len(data["offsets"]) - 1, 32)):
             raise ArtifactError(f"{path}: passage cache of format {int(data['format'])} with vectors "
                                 f"{data['vectors'].shape}; expected format {CACHE_FORMAT}, dim {self.dim}")
-        if bytes(data["model"]).decode() != self._fingerprint():
+        if str(data["model"]) != self._fingerprint():
             raise ArtifactError(f"{path}: written by other reranker weights than {self.path}; rebuild it "
                                 f"(save_passage_cache, or re-export the bundle)")
-        row = {d: i for i, d in enumerate(data["digests"].tolist())}
+        row = {d.tobytes(): i for i, d in enumerate(data["digests"])}
         vectors, offsets = data["vectors"], data["offsets"]
         items: dict[str, np.ndarray] = {}
         for i, p in enumerate(passages):
