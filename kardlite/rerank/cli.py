@@ -88,10 +88,12 @@ def train(
                    f"-> {data_dir}")
     elif not (data_dir / "train.jsonl").is_file():
         raise typer.BadParameter(f"no training data at {data_dir}; give --questions and --rationales")
-    path = train_reranker(data_dir, out, config)
+    path = train_reranker(data_dir, out, config, on_no_gain=lambda msg: typer.echo(f"warning: {msg}", err=True))
     meta = json.loads((path / "reranker.json").read_text())
-    last = (meta.get("training") or {}).get("dev") or []
-    typer.echo(f"saved {path}" + (f"; dev {last[-1]}" if last else ""))
+    training = meta.get("training") or {}
+    history = training.get("dev") or []
+    typer.echo(f"saved {path}" + (f"; dev (kept epoch {training.get('best_epoch')}) "
+                                  f"{history[training.get('best_epoch', -1)]}" if history else ""))
 
 
 @app.command()

@@ -35,7 +35,8 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -333,8 +334,20 @@ def _resolve_data(data: Any) -> tuple[list[RerankQuery], list[RerankQuery]]:
                      field="data")
 
 
+class NoDevGainWarning(UserWarning):
+    """The trained reranker ranks the dev queries no better than its untrained starting point."""
+
+
+def _no_gain_message(start: dict[str, float], kept: dict[str, float], n_dev: int, steps: int) -> str:
+    """Why a training run that did not beat its starting point on dev deserves a look, and what to try."""
+    return (f"the trained reranker ranks the {n_dev} dev queries no better than its untrained start (top-1 "
+            f"{start['top1']:.3f} -> {kept['top1']:.3f}, top-3 {start['top3']:.3f} -> {kept['top3']:.3f}) after "
+            f"{steps} steps. A cross-encoder's fresh head needs a few hundred steps (more epochs or questions); "
+            "a late-interaction reranker ranks well from the start; with few dev queries this can be noise.")
+
+
 def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | None = None, *,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, on_no_gain: Callable[[str], None] | None = None) -> Path:
     """Train a reranker (``config.kind``: cross-encoder or late interaction) and save it to ``out_dir``.
 
     Args:
@@ -344,9 +357,12 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             training and is copied into the folder as ``train_log.jsonl``.
         config: training settings.
         progress: show a progress bar.
+        on_no_gain: called with an explanation when the kept epoch does not beat the untrained start on dev
+            (top-1, then top-3); None = issue it as a ``NoDevGainWarning``.
 
     Returns:
-        ``out_dir``, a folder that ``Reranker.load`` (torch) and ``export_reranker_onnx`` accept.
+        ``out_dir``, a folder that ``Reranker.load`` (torch) and ``export_reranker_onnx`` accept. Its
+        ``reranker.json`` "training" records the dev metrics per epoch and ``dev_improved``.
     """
     config = config or RerankTrainConfig()
     config.validate()
@@ -447,6 +463,16 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     bar.close()
     if best_state is not None and best_epoch != config.epochs:
         model.load_state_dict(best_state)
+    improved = None
+    if dev:
+        start, kept = history[0], history[best_epoch]
+        improved = (kept["top1"], kept["top3"]) > (start["top1"], start["top3"])
+        if not improved:
+            message = _no_gain_message(start, kept, len(dev), total)
+            if on_no_gain is None:
+                warnings.warn(message, NoDevGainWarning, stacklevel=2)
+            else:
+                on_no_gain(message)
     # saved from the CPU whatever the training device: the folder is the same as a CPU run's
     model.to("cpu")
     model.eval()
@@ -454,6 +480,7 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
                                  "n_train": len(train), "n_dev": len(dev),
                                  "n_dev_items": len({q.item_id for q in dev}), "steps": total,
                                  "best_epoch": best_epoch if dev else config.epochs, "dev": history,
+                                 "dev_improved": improved,
                                  "train_seconds": round(time.time() - started, 1)}
     reranker.save(out_dir)
     shutil.copyfile(log_path, out_dir / "train_log.jsonl")

@@ -7,7 +7,13 @@ import torch
 
 from kardlite.errors import InputError
 from kardlite.rerank.model import Reranker
-from kardlite.rerank.train import RerankTrainConfig, evaluate_queries, resolve_device, train_reranker
+from kardlite.rerank.train import (
+    NoDevGainWarning,
+    RerankTrainConfig,
+    evaluate_queries,
+    resolve_device,
+    train_reranker,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +35,7 @@ def test_short_training_improves_dev_ranking(toy_reranker_dir, toy_split) -> Non
     steps = [json.loads(x) for x in log if '"step"' in x and '"event": "step"' in x]
     assert len(steps) == meta["training"]["steps"] and all(s["tau1"] > 0 and s["tau2"] > 0 for s in steps)
     assert meta["max_length"] == 64 and meta["training"]["config"]["objective"] == "kl"
+    assert meta["training"]["dev_improved"] is True
 
 
 def test_rejects_overlapping_split_and_empty_data(tmp_path, toy_split) -> None:
@@ -101,3 +108,28 @@ def test_cli_device_option(tmp_path, toy_kb, toy_split) -> None:
     assert res.exit_code == 2 and "device" in res.output and not (tmp_path / "r2").exists()
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "r3"), "--labels", "tfidf"])
     assert res.exit_code == 2 and "labels" in res.output and not (tmp_path / "r3").exists()
+
+
+def test_a_run_that_does_not_beat_its_start_says_so(tmp_path, toy_kb, toy_split) -> None:
+    from typer.testing import CliRunner
+
+    from kardlite.cli import app
+    from kardlite.rerank.data import save_queries
+
+    train, dev = toy_split
+    # a learning rate too small to move anything: dev metrics stay exactly at the untrained start's
+    with pytest.warns(NoDevGainWarning, match=r"no better than its untrained start \(top-1 (\S+) -> \1"):
+        out = train_reranker((train, dev[:6]), tmp_path / "rr", _tiny(lr=1e-12, head_lr_mult=1e-6), progress=False)
+    training = json.loads((out / "reranker.json").read_text())["training"]
+    assert training["dev_improved"] is False and training["dev"][0]["top1"] == training["dev"][1]["top1"]
+
+    data = tmp_path / "data"
+    data.mkdir()
+    save_queries(data / "train.jsonl", train)
+    save_queries(data / "dev.jsonl", dev[:6])
+    res = CliRunner().invoke(app, ["train", "reranker", "--kb", str(toy_kb.path), "--data", str(data), "--out",
+                                   str(tmp_path / "cli"), "--num-layers", "1", "--epochs", "1", "--max-length", "32",
+                                   "--max-train-queries", "8", "--queries-per-batch", "4", "--lr", "1e-12",
+                                   "--head-lr-mult", "1e-6"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("warning: the trained reranker ranks the 6 dev queries no better") == 1
