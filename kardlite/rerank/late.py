@@ -34,8 +34,8 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import io
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from kardlite._io import sha256_file
+from kardlite._io import atomic_write_bytes, sha256_file
 from kardlite.errors import ArtifactError, InputError
 from kardlite.rerank.model import (
     DEFAULT_CACHE_SIZE,
@@ -421,14 +421,12 @@ class LateInteractionReranker(Reranker):
         offsets = np.zeros(len(mats) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([m.shape[0] for m in mats])
         vectors = np.concatenate(mats).astype(np.float16) if mats else np.zeros((0, self.dim), np.float16)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            # digests as raw uint8 rows: numpy's fixed-width bytes type would drop a digest's trailing zero bytes
-            digests = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
-            np.savez(fh, vectors=vectors, offsets=offsets, digests=digests, model=np.array(fingerprint),
-                     format=np.array(CACHE_FORMAT))
-        os.replace(tmp, path)
+        # digests as raw uint8 rows: numpy's fixed-width bytes type would drop a digest's trailing zero bytes
+        digests = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
+        buf = io.BytesIO()
+        np.savez(buf, vectors=vectors, offsets=offsets, digests=digests, model=np.array(fingerprint),
+                 format=np.array(CACHE_FORMAT))
+        atomic_write_bytes(path, buf.getvalue())
         return len(texts)
 
     def load_passage_cache(self, path: str | Path, passages: Iterable[PassageLike]) -> int:
