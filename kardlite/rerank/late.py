@@ -61,6 +61,7 @@ from kardlite.rerank.model import (
     _text_of,
     fast_tokenizer,
     load_torch_folder,
+    model_device,
     onnx_model_file,
     onnx_session,
     read_npz,
@@ -429,9 +430,16 @@ class LateInteractionReranker(Reranker):
         atomic_write_bytes(path, buf.getvalue())
         return len(texts)
 
-    def load_passage_cache(self, path: str | Path, passages: Iterable[PassageLike]) -> int:
+    def load_passage_cache(self, path: str | Path, passages: Iterable[PassageLike], *,
+                           file_sha256: Mapping[str, str] | None = None) -> int:
         """Fill the cache from a file of :meth:`save_passage_cache`: the matrices of those ``passages`` that the
         file holds (matched by text) are stored without encoding anything; the others are left for :meth:`warm`.
+
+        Args:
+            path: the ``.npz`` file.
+            passages: the passages to look up (e.g. a ``KnowledgeBase``).
+            file_sha256: sha256 of this reranker's files by file name, when already checked (a verified
+                bundle's manifest), so that they are not hashed again; None = hash them.
 
         Raises:
             ArtifactError: the file is unreadable, of another format, or was written by other weights.
@@ -449,7 +457,7 @@ class LateInteractionReranker(Reranker):
                 or data["digests"].shape != (len(data["offsets"]) - 1, 32)):
             raise ArtifactError(f"{path}: passage cache of format {int(data['format'])} with vectors "
                                 f"{data['vectors'].shape}; expected format {CACHE_FORMAT}, dim {self.dim}")
-        if str(data["model"]) != self._fingerprint():
+        if str(data["model"]) != self._fingerprint(file_sha256 or {}):
             raise ArtifactError(f"{path}: written by other reranker weights than {self.path}; rebuild it "
                                 f"(save_passage_cache, or re-export the bundle)")
         row = {d.tobytes(): i for i, d in enumerate(data["digests"])}
@@ -465,15 +473,17 @@ class LateInteractionReranker(Reranker):
         self.cache.put_many(items)
         return len(items)
 
-    def _fingerprint(self) -> str:
-        """sha256 over this reranker's weight files: what a passage cache file must have been written by."""
+    def _fingerprint(self, known: Mapping[str, str] | None = None) -> str:
+        """sha256 over this reranker's weight files (``known`` sha256s by file name are taken as they are): what a
+        passage cache file must have been written by."""
         if self.path is None:
             raise InputError("a passage cache needs a reranker saved to or loaded from a folder", field="path")
         files = ([self.path / self.meta["onnx_file"], self.path / PROJ_NPZ] if self.backend == "onnx"
                  else sorted(self.path.glob("*.safetensors")))
         h = hashlib.sha256()
         for f in files:
-            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+            digest = (known or {}).get(f.name) or sha256_file(f)
+            h.update(f.name.encode() + b"\0" + digest.encode())
         return h.hexdigest()
 
     def clear_cache(self) -> None:
@@ -515,7 +525,7 @@ class LateInteractionReranker(Reranker):
             enc = tok(list(texts), truncation=True, max_length=self.query_max_length if query else self.max_length,
                       padding=True, return_tensors="pt")
             with torch.inference_mode():
-                device = next(self.model.parameters()).device  # the GPU after training there
+                device = model_device(self.model)  # the GPU after training there
                 vec = self.model.embed(**{k: v.to(device) for k, v in enc.items()}).float().cpu().numpy()
             keep = enc["attention_mask"].bool().numpy()
             return [vec[i][keep[i]] for i in range(len(texts))]

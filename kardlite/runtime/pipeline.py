@@ -373,7 +373,10 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
         if 0 < len(kb) <= warm_reranker and reranker.kind == "late-interaction":
             passages = list(kb)  # read once for both steps
             if rr.get("passage_cache"):
-                reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], passages)
+                # verify_bundle has just hashed the reranker's files: its manifest sha256s need no second pass
+                checked = {rel.split("/", 1)[1]: info["sha256"] for rel, info in manifest["files"].items()
+                           if rel.startswith(f"{rr['dir']}/")} if verify else None
+                reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], passages, file_sha256=checked)
             # encodes what the file lacked (all of the KB without one); a bar when it takes more than ~10 s
             reranker.warm(passages, progress=len(passages) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
