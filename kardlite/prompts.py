@@ -216,25 +216,300 @@ def build_prompt(
     return Prompt(text=text, target=target, passage_ids=tuple(used), n_tokens=n_tokens, trimmed=trimmed)
 
 
-_ANSWER_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])", re.IGNORECASE)
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the stated answer. Model output is untrusted text, so no backtracking pattern runs over it: the text is
+# split once into tokens (one regex whose alternatives are single character classes, so each match is found without
+# backtracking), and every phrasing below is a bounded look-around over that token list. Work is linear in the text.
+
+_TOKEN_RE = re.compile(r"\w+|\n|[^\w\s]")
+_COLONS = frozenset({":", "："})
+_QUOTES = frozenset({'"', "'", "“", "”", "‘", "’", "`", "*"})
+_OPEN = frozenset({"(", "["})
+_CLOSE = frozenset({")", "]"})
+_NOUNS = frozenset({"answer", "option", "choice"})
+# "the answer to this question is", "the correct answer, therefore, is", "the answer in this case would be"
+_PRE_VERB = frozenset({",", "to", "for", "of", "in", "this", "that", "the", "question", "questions", "problem", "case",
+                       "above", "given", "here", "therefore", "thus", "then", "hence", "so", "final"})
+_VERBS = (("is",), ("would", "be"), ("must", "be"), ("should", "be"), ("will", "be"), ("has", "to", "be"),
+          ("seems", "to", "be"), ("appears", "to", "be"), ("remains",), ("=",))
+_VERB_STARTS = frozenset(v[0] for v in _VERBS)
+# "is clearly (B)", "is therefore option (B)", "is most likely: B"
+_POST_VERB = frozenset({",", "still", "clearly", "likely", "most", "probably", "definitely", "certainly", "indeed",
+                        "therefore", "thus", "hence", "so", "then", "actually", "option", "choice", "letter"})
+# Words that may follow a stated answer without making it part of a longer phrase ("A because", "no, since").
+_AFTER = frozenset({"because", "since", "as", "which", "so", "but", "therefore", "thus", "hence", "given", "due",
+                    "for", "here", "this", "that", "it", "is", "and"})
+# An adjective phrase that makes "the ... answer/option/choice" a verdict.
+_VERDICT_ADJ = frozenset({"correct", "right", "best", "final", "true", "only", "most", "likely", "accurate",
+                          "appropriate", "plausible", "suitable", "logical", "reasonable", "probable", "possible",
+                          "valid", "sensible"})
+_CONNECTIVES = frozenset({"so", "thus", "hence", "therefore", "consequently", "conclusion", "overall", "ultimately",
+                          "finally", "summary"})
+_HEDGES = frozenset({"if", "whether", "not", "assume", "assuming", "suppose", "supposing", "unless", "nor"})
+_SUBJECT_VERBS = frozenset({"is", "was", "are", "seems", "can", "could", "would", "does", "might", "may", "also",
+                            "doesn", "isn"})
+_ADVERBS = frozenset({"therefore", "thus", "clearly", "indeed", "still", "hence", "so", ",", "definitely", "certainly",
+                      "undoubtedly", "then"})
+_STOPS = frozenset({".", "\n", "!", "?", ";"})
+_MAX_FILL = 6
 
 
-def parse_answer(text: str, n_options: int) -> int | None:
-    """The option index of the last ``Answer: X`` in ``text`` whose letter is one of the first ``n_options``.
+class _Toks:
+    """The text's tokens (words, single punctuation marks, line breaks) and their lower-case forms."""
 
-    Returns None ("invalid") when there is none. Bare letters elsewhere in the text never count.
+    __slots__ = ("low", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text: list[str] = _TOKEN_RE.findall(text)
+        self.low: list[str] = [t.lower() for t in self.text]
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def word(self, i: int) -> bool:
+        c = self.text[i][0]
+        return c.isalnum() or c == "_"
+
+
+def _option_words(options: Sequence[str]) -> list[tuple[str, ...]]:
+    return [tuple(t for t in _TOKEN_RE.findall(o.lower()) if t[0].isalnum() or t[0] == "_") for o in options]
+
+
+def _match_option(toks: _Toks, i: int, opts: list[tuple[str, ...]]) -> int | None:
+    """The option whose whole (normalised) text starts at token ``i``; the longest wins, a tie is ambiguous."""
+    n = len(toks)
+    best: list[tuple[int, int]] = []  # (words matched, option index)
+    for start in (i, i + 1):
+        if start != i and not (i < n and toks.low[i] in ("the", "a", "an")):
+            break
+        for k, words in enumerate(opts):
+            if not words:
+                continue
+            j, ok = start, True
+            for w in words:
+                # Punctuation inside an option's text is ignored ("sprouting, blooming"), a line break is not.
+                while j < n and not toks.word(j) and toks.text[j] != "\n":
+                    j += 1
+                if j >= n or toks.low[j] != w:
+                    ok = False
+                    break
+                j += 1
+            if ok and (j >= n or not toks.word(j) or toks.low[j] in _AFTER):
+                best.append((len(words), k))
+        if best:
+            break
+    if not best:
+        return None
+    top = max(m for m, _ in best)
+    winners = {k for m, k in best if m == top}
+    if len(winners) != 1:
+        return None
+    (k,) = winners
+    # The same text under two letters is ambiguous too.
+    return None if sum(w == opts[k] for w in opts) > 1 else k
+
+
+def _letter_at(toks: _Toks, i: int, valid: str, *, lower_ok: bool) -> int | None:
+    """The option index if token ``i`` is an option letter standing alone (not an article, not "A or B")."""
+    n = len(toks)
+    if i >= n:
+        return None
+    t = toks.text[i]
+    if len(t) != 1 or not t.isalpha() or t.upper() not in valid:
+        return None
+    paren = i > 0 and toks.text[i - 1] in _OPEN and i + 1 < n and toks.text[i + 1] in _CLOSE
+    if t.islower() and not (lower_ok or paren):
+        return None
+    j = i + 1
+    if j < n and toks.text[j] in _CLOSE:
+        j += 1
+    if j < n:
+        nxt, low = toks.text[j], toks.low[j]
+        if nxt == "/" or low in ("or", "nor"):
+            return None  # "A or B", "A/B": no single answer
+        if low == "and" and j + 1 < n and (len(toks.text[j + 1]) == 1 or toks.text[j + 1] in _OPEN):
+            return None  # "(A) and (B)"
+        # "The answer is A cell": an article, not a letter (unless in parentheses or after a colon).
+        if not paren and not lower_ok and t in "AI" and toks.word(j) and nxt.islower() and low not in _AFTER:
+            return None
+    return valid.index(t.upper())
+
+
+def _verb_at(toks: _Toks, i: int) -> int:
+    """Tokens taken by a copula starting at ``i`` (0 if none)."""
+    if i >= len(toks) or toks.low[i] not in _VERB_STARTS:
+        return 0
+    for verb in _VERBS:
+        if tuple(toks.low[i:i + len(verb)]) == verb:
+            return len(verb)
+    return 0
+
+
+def _target(toks: _Toks, i: int, valid: str, opts: list[tuple[str, ...]] | None, *, colon: bool,
+            verbless: bool) -> int | None:
+    """The option index stated at token ``i`` (after skipping quotes, "(", "option", "clearly", ...), or None."""
+    n = len(toks)
+    for _ in range(_MAX_FILL):
+        if i >= n:
+            return None
+        if toks.text[i] in _QUOTES or toks.text[i] in _OPEN or (not verbless and toks.low[i] in _POST_VERB):
+            i += 1
+        elif toks.text[i] in _COLONS and not colon:
+            colon = True
+            i += 1
+        else:
+            break
+    letter = _letter_at(toks, i, valid, lower_ok=colon)
+    if letter is not None:
+        if verbless and not colon:
+            # "Answer (A) is incorrect ...": the letter is a subject here, not a verdict.
+            j = i + 1 + (i + 1 < n and toks.text[i + 1] in _CLOSE)
+            if j < n and toks.low[j] in _SUBJECT_VERBS:
+                return None
+        return letter
+    if opts is not None and (colon or not verbless):
+        return _match_option(toks, i, opts)
+    return None
+
+
+def _forward(toks: _Toks, c: int, valid: str, opts: list[tuple[str, ...]] | None) -> tuple[int, int] | None:
+    """A statement that starts at the cue noun ``toks[c]``: "answer is (B)", "answer: B", "the best option is C"."""
+    n = len(toks)
+    i = c + 1
+    if i < n and toks.text[i] in _COLONS:
+        k = _target(toks, i + 1, valid, opts, colon=True, verbless=False)
+        return None if k is None else (c, k)
+    for _ in range(_MAX_FILL + 1):
+        v = _verb_at(toks, i)
+        if v:
+            k = _target(toks, i + v, valid, opts, colon=False, verbless=False)
+            return None if k is None else (c, k)
+        if i < n and toks.low[i] in _PRE_VERB:
+            i += 1
+        else:
+            break
+    if toks.low[c] == "answer":
+        # Today's bare form "answer B" / "answer (B)": upper-case letters only.
+        k = _target(toks, c + 1, valid, None, colon=False, verbless=True)
+        return None if k is None else (c, k)
+    return None
+
+
+def _backward(toks: _Toks, i: int, valid: str) -> tuple[int, int] | None:
+    """A verdict whose letter comes first: "option (C) is the correct answer", "making (A) the best choice",
+    "Therefore, option (D) is correct"."""
+    n = len(toks)
+    j = i + 1 + (i + 1 < n and toks.text[i + 1] in _CLOSE)
+    if j >= n or not (toks.text[j] == "," or toks.low[j] in _VERB_STARTS or toks.low[j] == "the"):
+        return None  # cheap exit: no verdict can follow
+    letter = _letter_at(toks, i, valid, lower_ok=False)
+    if letter is None:
+        return None
+    paren = i > 0 and toks.text[i - 1] in _OPEN
+    # Look back past "(", "option", "choice" for a hedge ("if option A is the answer") or a connective.
+    k = i - 1 - paren
+    while k >= 0 and toks.low[k] in ("option", "choice", "answer", "letter"):
+        k -= 1
+    if not paren and k + 1 == i and k >= 0 and toks.word(k) and toks.low[k] not in _CONNECTIVES:
+        return None  # a bare capital inside a sentence ("making A the ...") is too likely a word
+    before = toks.low[max(0, k - 3):k + 1]
+    if not _HEDGES.isdisjoint(before):
+        return None
+    connective = not _CONNECTIVES.isdisjoint(before)
+    # An appositive: "Option (D), plants sprouting, blooming and wilting, is the correct answer".
+    if j < n and toks.text[j] == "," and (paren or k + 1 < i):
+        for end in range(j + 1, min(n, j + 16)):
+            if toks.text[end] in _STOPS:
+                break
+            if toks.text[end] == "," and _verb_at(toks, end + 1):
+                j = end + 1
+                break
+    v = _verb_at(toks, j)
+    if v == 0 and not (j < n and toks.low[j] == "the"):
+        return None
+    j += v
+    while j < n and toks.low[j] in _ADVERBS:
+        j += 1
+    the = j < n and toks.low[j] == "the"
+    j += the
+    adjectives = 0
+    while j < n and toks.low[j] in _VERDICT_ADJ and adjectives < 3:
+        adjectives += 1
+        j += 1
+    noun = j < n and (toks.low[j] in _NOUNS or toks.low[j] == "one")
+    if the and noun:  # "is the answer", "is the correct option", "the most likely choice"
+        return i, letter
+    if not the and not noun and connective and toks.low[j - 1] in ("correct", "right"):
+        return i, letter  # "Therefore, (D) is correct"
+    return None
+
+
+def _check_n(n_options: int, options: Sequence[str] | None) -> None:
+    if not isinstance(n_options, int) or n_options < 1:
+        raise InputError(f"n_options must be a positive number of options, got {n_options!r}", field="n_options")
+    if options is not None and len(options) != n_options:
+        raise InputError(f"{len(options)} option texts for n_options={n_options}", field="options")
+
+
+def stated_answers(text: str, n_options: int, options: Sequence[str] | None = None) -> list[int]:
+    """Every answer ``text`` states, in order of appearance, as option indices.
+
+    Statements read: ``Answer: X`` (lower-case letters only with the colon, so "the answer is a cell" is not A),
+    "the answer is (B)", "the answer to this question is (B) no", "The correct answer, therefore, is (B)", "the best
+    option would be C", "option (C) is the correct answer", "making (A) the best choice", "Therefore, option (D) is
+    correct"; with ``options`` also an option's whole text after such a cue ("Therefore, the answer is no.",
+    "Answer: hydrochlorothiazide"), matched case-, punctuation- and spacing-insensitively, longest option first
+    (a tie is ambiguous and reads as nothing). Letters beyond ``n_options``, "A or B", and hedged forms ("if option
+    A is the answer") are not statements. Linear time in ``len(text)``.
+
+    Args:
+        text: model or teacher output.
+        n_options: how many options the question has (letters A.. are valid).
+        options: the option texts, in letter order, to also read answers given as text.
+
+    Returns:
+        Option indices, one per statement, in text order (a rationale that changes its mind has two).
+
+    Raises:
+        InputError: ``n_options`` < 1, or ``options`` has another length.
+
+    Example:
+        >>> stated_answers("Option (A) is the correct answer... no wait, the answer is (C).", 4)
+        [0, 2]
+        >>> stated_answers("Therefore, the answer is no.", 2, ["yes", "no"])
+        [1]
+    """
+    _check_n(n_options, options)
+    valid = LETTERS[:n_options]
+    opts = _option_words(options) if options is not None else None
+    toks = _Toks(text)
+    found: dict[int, int] = {}  # token position of the statement -> option index
+    for c, low in enumerate(toks.low):
+        hit = None
+        if low == "answer" or (low in ("option", "choice") and c > 0 and toks.low[c - 1] in _VERDICT_ADJ):
+            hit = _forward(toks, c, valid, opts)
+        elif len(low) == 1 and low.isalpha():
+            hit = _backward(toks, c, valid)
+        if hit is not None:
+            found.setdefault(hit[0], hit[1])
+    return [found[pos] for pos in sorted(found)]
+
+
+def parse_answer(text: str, n_options: int, options: Sequence[str] | None = None) -> int | None:
+    """The option index of the last answer ``text`` states (see :func:`stated_answers`), or None ("invalid").
+
+    Bare letters elsewhere in the text never count.
+
+    Raises:
+        InputError: ``n_options`` < 1, or ``options`` has another length.
 
     Example:
         >>> parse_answer("B looks right... Answer: C", 4)
         2
         >>> parse_answer("Answer: E", 4) is None
         True
+        >>> parse_answer("Therefore, the answer is no.", 2, ["yes", "no"])
+        1
     """
-    valid = LETTERS[:n_options]
-    found = None
-    for match in _ANSWER_RE.finditer(text):
-        letter = match.group(1)
-        # Lower-case letters are only accepted in "answer: a" form; "answer is a cell" must not read as A.
-        if letter.upper() in valid and (letter.isupper() or ":" in match.group(0)):
-            found = valid.index(letter.upper())
-    return found
+    said = stated_answers(text, n_options, options)
+    return said[-1] if said else None

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kardlite.data import QAItem
+from kardlite.errors import InputError
 from kardlite.kb.passage import Passage
 from kardlite.prompts import (
     PromptTooLongError,
@@ -10,6 +13,7 @@ from kardlite.prompts import (
     build_prompt,
     parse_answer,
     render_chat,
+    stated_answers,
 )
 
 ITEM = QAItem("q1", "Which drug class ends in -olol?", ("beta blockers", "ACE inhibitors", "statins", "diuretics"), 0)
@@ -90,6 +94,108 @@ def test_chat_template_rendering() -> None:
     ("Answer: Apples", 4, None),
     ("", 4, None),
     ("Answer: B. Answer: Z", 4, 1),
+    # Phrasings beyond "Answer: X".
+    ("the answer to this question is (B) no", 2, 1),
+    ("The correct answer, therefore, is (B).", 4, 1),
+    ("Answer: (B) hydrochlorothiazide", 4, 1),
+    ("answer is B.", 4, 1),
+    ("The final answer is: (c)", 4, 2),
+    ("the answer is (b)", 4, 1),
+    ("**Answer: B**", 4, 1),
+    ('the answer is "C".', 4, 2),
+    ("The correct answer is still (C), as food breaks down.", 4, 2),
+    ("the best option would be C", 4, 2),
+    ("The answer is A because it is red.", 4, 0),
+    ("Answer: A cell", 4, 0),  # today's "Answer: X" form keeps reading the letter
+    ("so option (D) is the correct answer", 4, 3),
+    ("making option (A) the correct answer.", 4, 0),
+    ("Therefore, option (C) is correct.", 4, 2),
+    ("Option (C) is the most likely answer.", 4, 2),
+    ("Option (D), plants sprouting, blooming and wilting, is the correct answer.", 4, 3),
+    ("This explains why option (B) is the correct answer.", 4, 1),
+    # Not statements.
+    ("Option (A) is correct because it is red.", 4, None),  # discussion, no connective
+    ("the answer is A or B", 4, None),
+    ("(A) and (B) are the correct answers", 4, None),
+    ("If option (A) is the correct answer, then B is not.", 4, None),
+    ("The correct answer is not (A).", 4, None),
+    ("Answer choice (A) is incorrect.", 4, None),
+    ("Option (A) is not specific enough to be the correct answer", 4, None),
+    ("To answer this question, we need A", 4, None),
+    ("The answer is A cell", 4, None),
+    ("So, the answer is (E).", 4, None),
+    ("Therefore, the answer is no.", 2, None),  # text answers need the option texts
 ])
 def test_parse_answer(text: str, n: int, expected: int | None) -> None:
     assert parse_answer(text, n) == expected
+
+
+def test_stated_answers_keeps_every_statement_in_order() -> None:
+    text = "Option (A) is the correct answer. Wait, no: the answer is (C). Answer: C"
+    assert stated_answers(text, 4) == [0, 2, 2]
+    assert parse_answer(text, 4) == 2
+    assert stated_answers("No verdict here. A is wrong.", 4) == []
+
+
+YES_NO = ["yes", "no"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Therefore, the answer is no.", 1),
+    ("The answer is yes, because water is wet.", 0),
+    ("Answer: no", 1),
+    ("answer is No", 1),
+    ('So the answer is "yes".', 0),
+    ("The answer is not clear.", None),
+    ("The answer is noted", None),  # a longer word is not the option
+    ("The answer is (A) no", 0),  # the letter wins over the text after it
+    ("The answer is yes. On reflection, the answer is no.", 1),
+])
+def test_option_text_answers_on_a_yes_no_task(text: str, expected: int | None) -> None:
+    assert parse_answer(text, 2, YES_NO) == expected
+
+
+def test_option_text_is_whole_normalised_and_longest_first() -> None:
+    opts = ["plants", "plants sprouting, blooming and wilting", "Flowers wilting in a vase", "the moon"]
+    assert parse_answer("Thus, the answer is plants sprouting, blooming and wilting.", 4, opts) == 1
+    assert parse_answer("Thus, the answer is PLANTS  sprouting blooming-and wilting!", 4, opts) == 1
+    assert parse_answer("The answer is plants.", 4, opts) == 0
+    assert parse_answer("The answer is flowers wilting in a vase because", 4, opts) == 2
+    assert parse_answer("The answer is the moon.", 4, opts) == 3
+    assert parse_answer("The answer is flowers wilting", 4, opts) is None  # part of an option is not the option
+    assert parse_answer("Answer: hydrochlorothiazide\nNext", 2, ["aspirin", "Hydrochlorothiazide"]) == 1
+    assert parse_answer("Answer: X.", 2, ["x", "X"]) is None  # the same text under two letters is ambiguous
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_parse_answer_rejects_non_positive_option_counts(n: int) -> None:
+    with pytest.raises(InputError, match="n_options"):
+        parse_answer("Answer: A", n)
+    with pytest.raises(InputError, match="n_options"):
+        stated_answers("Answer: A", n)
+    with pytest.raises(InputError, match="option texts"):
+        parse_answer("Answer: A", 3, ["a", "b"])
+
+
+@pytest.mark.parametrize("adversarial", [
+    "answer" + " " * 100_000 + "!",
+    "the correct answer is" + " " * 100_000 + "!",
+    "Answer:" + " " * 100_000 + "B",
+    ":" * 100_000,
+    "(" * 100_000,
+    "answer " * 15_000,
+    "answer is " * 10_000,
+    "Answer: (" * 11_000,
+    "(A" * 50_000,
+    "A, " * 33_000,
+    "(A), " * 20_000,
+    "option (A) is the " * 6_000,
+    "Therefore, option " * 6_000,
+    "the answer is yes " * 6_000,
+])
+def test_answer_reader_is_linear_on_100k_adversarial_inputs(adversarial: str) -> None:
+    # Required by the hardening issue: model output must never make the reader backtrack.
+    start = time.perf_counter()
+    stated_answers(adversarial, 4)
+    parse_answer(adversarial, 2, ["yes", "yes yes"])
+    assert time.perf_counter() - start < 1.0

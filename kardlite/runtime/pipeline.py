@@ -281,7 +281,7 @@ class Pipeline:
             yield tail, time.perf_counter()
 
     def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int) -> Answer:
-        indices = [parse_answer(t, len(opts)) if opts else None for t in texts]
+        indices = [parse_answer(t, len(opts), opts) if opts else None for t in texts]
         votes: dict[str, int] | None = None
         if opts and samples > 1:
             counts = Counter(LETTERS[i] for i in indices if i is not None)
