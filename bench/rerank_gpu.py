@@ -279,15 +279,9 @@ def first_stage_recall(rows: list[dict[str, Any]], pool: str, recall: Any) -> di
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata
+    from kardlite._versions import package_versions
 
-    out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "peft"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
+    return package_versions("torch", "transformers", "tokenizers", "safetensors", "numpy", "peft")
 
 
 # ------------------------------------------------------------------------------------------ run (the GPU machine)

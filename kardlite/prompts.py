@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -513,3 +514,22 @@ def parse_answer(text: str, n_options: int, options: Sequence[str] | None = None
     """
     said = stated_answers(text, n_options, options)
     return said[-1] if said else None
+
+
+def vote(answers: Sequence[int | None]) -> int | None:
+    """Majority vote over parsed answers (None = invalid output, no vote); used by evaluation and the runtime.
+
+    Ties go to the tied answer whose first vote came earliest in ``answers``.
+
+    Example:
+        >>> vote([None, 2, 1, 1, 2])
+        2
+        >>> vote([None, None]) is None
+        True
+    """
+    valid = [v for v in answers if v is not None]
+    if not valid:
+        return None
+    counts = Counter(valid)
+    best = max(counts.values())
+    return next(v for v in valid if counts[v] == best)

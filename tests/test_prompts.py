@@ -199,3 +199,13 @@ def test_answer_reader_is_linear_on_100k_adversarial_inputs(adversarial: str) ->
     stated_answers(adversarial, 4)
     parse_answer(adversarial, 2, ["yes", "yes yes"])
     assert time.perf_counter() - start < 1.0
+
+
+def test_vote_is_shared_and_breaks_ties_by_first_vote() -> None:
+    from kardlite.distill.evaluate import vote as eval_vote
+    from kardlite.prompts import vote
+
+    assert eval_vote is vote  # evaluation and the runtime count votes with the same function
+    assert vote([None, 2, 1, 1, 2]) == 2
+    assert vote([3, 0, 0]) == 0
+    assert vote([None]) is None

@@ -24,7 +24,6 @@ import io
 import json
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from kardlite.data.records import LETTERS, QAItem
 from kardlite.distill.student import Student, load_student
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
-from kardlite.prompts import MODES, Mode, parse_answer
+from kardlite.prompts import MODES, Mode, parse_answer, vote  # vote: re-exported, its home is prompts
 
 Retrieve = Callable[[QAItem, int], list[Passage]]
 PREDICTIONS = "predictions.jsonl"
@@ -120,25 +119,6 @@ def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranke
 
 
 # ----------------------------------------------------------------------------- voting and parsing
-
-
-def vote(letters: Sequence[int | None]) -> int | None:
-    """Majority vote over parsed answers (None = invalid output, no vote).
-
-    Ties go to the tied answer whose first vote came earliest in ``letters``.
-
-    Example:
-        >>> vote([None, 2, 1, 1, 2])
-        2
-        >>> vote([None, None]) is None
-        True
-    """
-    valid = [v for v in letters if v is not None]
-    if not valid:
-        return None
-    counts = Counter(valid)
-    best = max(counts.values())
-    return next(v for v in valid if counts[v] == best)
 
 
 # A complete "Answer: X" followed by a non-letter: safe to stop generating (the letter cannot grow into a word).

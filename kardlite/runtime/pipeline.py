@@ -24,7 +24,7 @@ from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.export.bundle import KB_DIR, read_manifest, verify_bundle
 from kardlite.kb.passage import Hit
-from kardlite.prompts import build_prompt, parse_answer
+from kardlite.prompts import build_prompt, parse_answer, vote
 from kardlite.rerank.late import WARM_LIMIT
 from kardlite.runtime.types import Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
 
@@ -284,12 +284,8 @@ class Pipeline:
         indices = [parse_answer(t, len(opts), opts) if opts else None for t in texts]
         votes: dict[str, int] | None = None
         if opts and samples > 1:
-            counts = Counter(LETTERS[i] for i in indices if i is not None)
-            votes = dict(sorted(counts.items()))
-            # Majority letter; a tie goes to the letter a sample reached first.
-            order = [LETTERS[i] for i in indices if i is not None]
-            best = max(counts, key=lambda k: (counts[k], -order.index(k))) if counts else None
-            chosen = LETTERS.index(best) if best is not None else None
+            votes = dict(sorted(Counter(LETTERS[i] for i in indices if i is not None).items()))
+            chosen = vote(indices)  # a tie goes to the letter a sample reached first
         else:
             chosen = indices[0]
         pick = next((j for j, i in enumerate(indices) if i == chosen), 0) if chosen is not None else 0
