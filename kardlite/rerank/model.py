@@ -323,8 +323,9 @@ class Reranker:
         return {"format_version": FORMAT_VERSION, "kind": "cross-encoder", "head": HEAD_KIND, "pooling": "mean",
                 "head_file": HEAD_FILE, "num_labels": 1,
                 "max_length": self.max_length, "truncation": "longest_first", "query_format": QUERY_FORMAT,
-                "pad_token": pad_token, "pad_token_id": int(pad_id), **keep, "versions": package_versions("kardlite", "transformers", "torch", "onnxruntime", "tokenizers", "peft",
-                                                 "optimum-onnx")}
+                "pad_token": pad_token, "pad_token_id": int(pad_id), **keep,
+                "versions": package_versions("kardlite", "transformers", "torch", "onnxruntime", "tokenizers", "peft",
+                                             "optimum-onnx")}
 
     def _write_head(self, folder: Path) -> None:
         """Write the scoring head next to the encoder (``save`` calls this inside its temporary folder)."""
