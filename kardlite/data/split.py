@@ -39,10 +39,7 @@ def split_by_question(rows: Sequence[T], dev_fraction: float, seed: int, *,
         raise InputError(f"dev_fraction must be in [0, 1), got {dev_fraction}", field="dev_fraction")
     ids = sorted({key(r) for r in rows})
     random.Random(seed).shuffle(ids)
-    n_dev = round(dev_fraction * len(ids))
-    if dev_fraction > 0 and len(ids) >= 2:
-        n_dev = min(max(n_dev, 1), len(ids) - 1)
-    else:
-        n_dev = 0
+    # at least one question on each side whenever a dev set is asked for and possible
+    n_dev = min(max(round(dev_fraction * len(ids)), 1), len(ids) - 1) if dev_fraction > 0 and len(ids) >= 2 else 0
     dev_ids = set(ids[:n_dev])
     return [r for r in rows if key(r) not in dev_ids], [r for r in rows if key(r) in dev_ids]

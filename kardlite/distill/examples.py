@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kardlite._io import atomic_write_json, iter_jsonl, sha256_file, write_jsonl
-from kardlite.data.rationales import read_kept_rationales  # re-exported: its home is kardlite.data.rationales
+from kardlite.data.rationales import read_kept_rationales  # noqa: F401 (re-exported; its home is kardlite.data)
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.prompts import MODES, Mode
