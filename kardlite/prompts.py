@@ -452,6 +452,88 @@ def _check_n(n_options: int, options: Sequence[str] | None) -> None:
         raise InputError(f"{len(options)} option texts for n_options={n_options}", field="options")
 
 
+_GROUP = frozenset({",", "and", "(", ")", "[", "]", "option", "options", "choice", "choices", "answer", "answers"})
+_LINKS = (("is",), ("are",), ("was",), ("were",), ("would", "be"), ("can", "be"), ("could", "be"),
+          ("seems", "to", "be"), ("appears", "to", "be"), ("must", "be"))
+_LINK_STARTS = frozenset(v[0] for v in _LINKS)
+_LINK_ADVERBS = frozenset({"also", "clearly", "therefore", "thus", "all", "both", "simply", "definitely", "obviously",
+                           "entirely", "completely", "likely", "then", "hence", "so", ","})
+_WRONG = frozenset({"incorrect", "wrong", "false", "unrelated", "irrelevant", "inaccurate", "implausible", "invalid",
+                    "eliminated", "untrue", "impossible", "illogical", "nonsensical", "unlikely", "inappropriate"})
+_NOT_RIGHT = frozenset({"correct", "right", "true", "accurate", "valid", "related", "relevant", "plausible", "possible",
+                        "likely", "applicable", "supported", "the", "a", "an"})
+
+
+def option_verdicts(text: str, n_options: int) -> tuple[set[int], set[int]]:
+    """Options ``text`` calls right and options it rules out, from per-option remarks.
+
+    Weaker evidence than :func:`stated_answers`: "Option (B) is correct because ..." endorses B and "Options (A),
+    (C) and (D) are incorrect" rules out three, but such remarks also appear in discussion (an option can be
+    "correct" as a fact yet not the answer). Read the same way: letters in parentheses or after "option(s)",
+    then a copula, then the verdict; hedged forms ("if option A is ...") are skipped. Linear time.
+
+    Returns:
+        (endorsed, ruled_out) option indices.
+
+    Raises:
+        InputError: ``n_options`` < 1.
+
+    Example:
+        >>> option_verdicts("Option (A) is incorrect. Options (B) and (C) are also wrong. Option (D) is correct.", 4)
+        ({3}, {0, 1, 2})
+    """
+    _check_n(n_options, None)
+    valid = LETTERS[:n_options]
+    toks = _Toks(text)
+    n = len(toks)
+    endorsed: set[int] = set()
+    ruled_out: set[int] = set()
+    i = 0
+    while i < n:
+        t = toks.text[i]
+        opener = i > 0 and (toks.text[i - 1] in _OPEN or toks.low[i - 1] in ("option", "options", "choice", "choices"))
+        if not (len(t) == 1 and t.isupper() and t in valid and opener):
+            i += 1
+            continue
+        if not _HEDGES.isdisjoint(toks.low[max(0, i - 5):i]):
+            i += 1
+            continue
+        # The group "(A), (B), and (C)": letters joined by commas, "and", parentheses and "option(s)".
+        letters = {valid.index(t)}
+        j = i + 1
+        while j < n and j - i < 24 and (toks.low[j] in _GROUP or (len(toks.text[j]) == 1 and toks.text[j].isupper()
+                                                                   and toks.text[j] in valid)):
+            if len(toks.text[j]) == 1 and toks.text[j].isupper():
+                letters.add(valid.index(toks.text[j]))
+            j += 1
+        if j > i + 1 and toks.text[j - 1] == ",":
+            # An appositive: 'Option (C), "stayed the same," is incorrect'.
+            for end in range(j, min(n, j + 16)):
+                if toks.text[end] in _STOPS:
+                    break
+                if toks.text[end] == ",":
+                    after = end + 1
+                    while after < n and after - end < 4 and toks.text[after] in _QUOTES:
+                        after += 1
+                    if after < n and toks.low[after] in _LINK_STARTS and any(
+                            tuple(toks.low[after:after + len(v)]) == v for v in _LINKS):
+                        j = after
+                        break
+        link = next((len(v) for v in _LINKS if tuple(toks.low[j:j + len(v)]) == v), 0) \
+            if j < n and toks.low[j] in _LINK_STARTS else 0
+        if link:
+            k = j + link
+            while k < n and k - j < 8 and toks.low[k] in _LINK_ADVERBS:
+                k += 1
+            word = toks.low[k] if k < n else ""
+            if word in _WRONG or (word == "not" and k + 1 < n and toks.low[k + 1] in _NOT_RIGHT):
+                ruled_out |= letters
+            elif word in ("correct", "right"):
+                endorsed |= letters
+        i = max(j, i + 1)
+    return endorsed, ruled_out
+
+
 def stated_answers(text: str, n_options: int, options: Sequence[str] | None = None) -> list[int]:
     """Every answer ``text`` states, in order of appearance, as option indices.
 

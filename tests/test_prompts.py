@@ -11,6 +11,7 @@ from kardlite.prompts import (
     PromptTooLongError,
     approx_token_count,
     build_prompt,
+    option_verdicts,
     parse_answer,
     render_chat,
     stated_answers,
@@ -137,6 +138,19 @@ def test_stated_answers_keeps_every_statement_in_order() -> None:
     assert stated_answers("No verdict here. A is wrong.", 4) == []
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("Option (A) is incorrect. Options (B) and (C) are also wrong. Option (D) is correct.", ({3}, {0, 1, 2})),
+    ("Options (A), (B), and (D) are not the correct answer.", (set(), {0, 1, 3})),
+    ('Option (C), "stayed the same," is incorrect because earnings fell.', (set(), {2})),
+    ("Option (B) is unlikely, and option (D) would be correct.", ({3}, {1})),
+    ("If option (C) is wrong, then D is right.", (set(), set())),  # hedged; a bare D is no option reference
+    ("Option (E) is incorrect.", (set(), set())),  # no such option
+    ("Option (A) is red. A is wrong.", (set(), set())),
+])
+def test_option_verdicts(text: str, expected: tuple[set[int], set[int]]) -> None:
+    assert option_verdicts(text, 4) == expected
+
+
 YES_NO = ["yes", "no"]
 
 
@@ -192,13 +206,18 @@ def test_parse_answer_rejects_non_positive_option_counts(n: int) -> None:
     "option (A) is the " * 6_000,
     "Therefore, option " * 6_000,
     "the answer is yes " * 6_000,
+    "Options (A), (B) and " * 5_000,
+    'Option (A), "' * 14_000,
+    "Option (D) is incorrect. " * 4_000,
 ])
 def test_answer_reader_is_linear_on_100k_adversarial_inputs(adversarial: str) -> None:
     # Required by the hardening issue: model output must never make the reader backtrack.
-    start = time.perf_counter()
+    # CPU time, not wall time: the bound is on the work done, which other processes on a busy machine do not change.
+    start = time.process_time()
     stated_answers(adversarial, 4)
     parse_answer(adversarial, 2, ["yes", "yes yes"])
-    assert time.perf_counter() - start < 1.0
+    option_verdicts(adversarial, 4)
+    assert time.process_time() - start < 1.0
 
 
 def test_vote_is_shared_and_breaks_ties_by_first_vote() -> None:

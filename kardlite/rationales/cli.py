@@ -66,6 +66,9 @@ def filter_(
                f"kept per question: {stats['kept_per_question_histogram']}")
     for name, f in stats["filters"].items():
         typer.echo(f"  {name}: kept {f['kept']}/{f['seen']} ({f['ms_per_rationale']} ms/rationale)")
+    if stats.get("kept_by_answer_check"):
+        checks = ", ".join(f"{k} {v}" for k, v in stats["kept_by_answer_check"].items())
+        typer.echo(f"  answer check among kept: {checks}")
 
 
 @app.command()

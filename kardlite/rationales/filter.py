@@ -4,9 +4,11 @@ Three filters, applied in order (each later one only sees what the earlier ones 
 
 - ``degenerate``: empty or far too short texts, texts that point at another question ("This question is a
   repeat of the first question ..."), and refusals.
-- ``stated``: an explicit final-answer statement ("the correct answer is (C)", "option C is correct",
-  "Answer: C", "the answer is <option text>") naming another option than the gold one. Rationales discuss wrong
-  options too ("option A is incorrect"), so only these statement forms count, and the last one wins.
+- ``stated``: the answer the text gives must be the gold one. Its last explicit statement counts ("the correct
+  answer is (C)", "Therefore, option C is correct", "Answer: C", "the answer is <option text>"); without one,
+  per-option remarks do: a text that rules out the gold option ("Option (D) is incorrect") or calls only another
+  option correct fails, one that rules out every other option passes as ``implied``, and the rest pass
+  unchecked as ``none stated`` (left to the judge).
 - ``judge``: a language model reads question, options, rationale and "So, the answer is"; the rationale is
   kept iff the arg-max over the option letters' next-token log-probabilities is the gold letter.
 """
@@ -26,51 +28,53 @@ from tqdm.auto import tqdm
 from kardlite._io import atomic_dir, atomic_write_json
 from kardlite.data.records import LETTERS, QAItem
 from kardlite.errors import InputError
-from kardlite.prompts import parse_answer
+from kardlite.prompts import option_verdicts, stated_answers
 from kardlite.rationales.store import read_store
 
 FILTERS = ("degenerate", "stated", "judge")
 MIN_CHARS = 40
 MIN_WORDS = 8
 
+# Each pattern below starts with a literal word and joins literal words by single ``\s+`` runs, so a failed attempt
+# costs at most the length of the whitespace run after that word: linear in the text (tested on 100k inputs).
 _REFERS_ELSEWHERE = re.compile(
-    r"\b(?:same|identical|repeat(?:ed)?|repetition|duplicate|similar)\b[^.\n]{0,40}\b(?:question|one)\b"
-    r"|\b(?:previous|above|first|earlier|preceding|last)\s+(?:question|explanation|answer|response)\b"
-    r"|\bas (?:explained|mentioned|stated) (?:above|before|earlier|previously)\b", re.IGNORECASE)
+    # "This question is a repeat / duplicate / repetition (of ...)"
+    r"\bquestion\s+(?:is|seems\s+to\s+be|appears\s+to\s+be)\s+(?:a\s+|an\s+|just\s+|also\s+)?"
+    r"(?:repeat|repetition|duplicate)\b"
+    # "identical to the first question", "the same as the previous one", "a duplicate of the earlier question"
+    r"|\b(?:identical|same|similar|repeat|repetition|duplicate)\s+(?:question\s+)?(?:as|to|of)\s+(?:the\s+)?"
+    r"(?:previous|preceding|prior|earlier|above|first|last|other)\s+(?:question|one|problem)\b"
+    # "the previous question": in a single-question prompt there is none
+    r"|\b(?:previous|preceding|prior)\s+(?:question|problem)s?\b"
+    # "refer to the previous explanation", "the explanation provided for the first question / question 1"
+    r"|\brefer\s+(?:back\s+)?to\s+(?:the\s+|my\s+)?(?:previous|earlier|above|first)\s+"
+    r"(?:explanation|answer|response|question)\b"
+    r"|\b(?:explanation|answer)\s+(?:provided\s+|given\s+)?(?:for|to|in)\s+(?:the\s+)?"
+    r"(?:first|previous|earlier|above)\s+question\b"
+    r"|\b(?:explanation|answer)\s+(?:provided\s+|given\s+)?(?:for|to|in)\s+question\s+\d"
+    # "has already been answered", "we have already provided an explanation for this question"
+    r"|\balready\s+(?:been\s+)?(?:answered|explained|provided\s+an\s+explanation)\b", re.IGNORECASE)
+# A refusal opens with an apology or says the writer will not help; "as an AI" alone is not one (a good rationale
+# may say "as an AI, I rely on ..." and still explain).
+_REFUSAL_OPENING = re.compile(r"\s*(?:I'm\s+sorry|I’m\s+sorry|I\s+am\s+sorry|I\s+apologi[sz]e|Sorry,)", re.IGNORECASE)
 _REFUSAL = re.compile(
-    r"^\s*(?:I'm sorry|I am sorry|I apologi[sz]e|Sorry,)|\bas an AI\b|\bI (?:cannot|can't|can not) "
-    r"(?:help|assist|answer|provide|generate)", re.IGNORECASE)
-
-_L = r"\(?([A-J])\)?(?![A-Za-z])"  # a letter, optionally in parentheses, not the start of a word
-_CORRECT = r"(?:correct|right|best)"
-# Only final-answer statements: discussion lines such as "Option (A) is correct because ..." inside an
-# "all of these except" question would otherwise read as answers. Matched case-insensitively; the letter itself
-# must be upper case.
-_STATED = [re.compile(p, re.IGNORECASE) for p in (
-    # "the correct answer is (C)", "the best option would be C", "the final answer is: C"
-    r"\b(?:correct|right|best|final)\s+(?:answer|option|choice)\s+(?:is|would be|must be)\s*[:：]?\s*"
-    r"(?:option|choice)?\s*" + _L,
-    # "so, the answer is (C)", "therefore the answer is option C"
-    r"\b(?:so|thus|hence|therefore),?\s+the\s+answer\s+(?:is|would be|must be)\s*[:：]?\s*(?:option|choice)?\s*" + _L,
-    # "option (C) is the correct answer", "(C) is the right choice"
-    r"(?:\b(?:option|choice)\s*)?\(?\b([A-J])\)?\s+is\s+the\s+" + _CORRECT + r"\s+(?:answer|option|choice)\b",
-    # "Therefore, option (C) is correct"
-    r"\b(?:so|thus|hence|therefore|in conclusion),?\s+(?:the\s+)?(?:option|choice|answer)\s*" + _L +
-    r"\s+is\s+(?:the\s+)?" + _CORRECT + r"\b",
-)]
-_ANSWER_TEXT = re.compile(r"\b(?:correct|right|best)?\s*answer\s+is\s*[:：]?\s*[\"'“]?([^\"”\n]{2,120})", re.IGNORECASE)
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+    r"\bI\s+(?:cannot|can't|can’t|can\s+not|am\s+unable\s+to|am\s+not\s+able\s+to|won't|won’t|will\s+not)\s+"
+    r"(?:help|assist|answer|provide|generate|promote|condone|support|fulfil|fulfill|comply)\b"
+    r"|\bI\s+(?:do\s+not|don't|don’t)\s+(?:encourage|endorse|condone|promote|support)\b", re.IGNORECASE)
 
 
 def degenerate_reason(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WORDS) -> str | None:
     """Why ``text`` is useless as a training rationale, or None if it is not.
 
+    "As mentioned above" (the rationale's own earlier text), "the first question" alone (a sub-question of a
+    multi-step rationale) and "as an AI" alone do not count; pointing at a previous or repeated question, and an
+    apology or "I cannot provide ..." do.
+
     Example:
         >>> degenerate_reason("This question is a repeat of the first question. See the previous explanation.")
         'refers to another question'
+        >>> degenerate_reason("The first question is whether it rains; as mentioned above, it does. So yes.") is None
+        True
     """
     stripped = text.strip()
     if not stripped:
@@ -79,13 +83,15 @@ def degenerate_reason(text: str, *, min_chars: int = MIN_CHARS, min_words: int =
         return "too short"
     if _REFERS_ELSEWHERE.search(stripped):
         return "refers to another question"
-    if _REFUSAL.search(stripped):
+    if _REFUSAL_OPENING.match(stripped) or _REFUSAL.search(stripped):
         return "refusal"
     return None
 
 
 def stated_answer(text: str, item: QAItem) -> int | None:
-    """The option index of the last explicit final-answer statement in ``text``, or None if there is none.
+    """The option index of the last explicit answer statement in ``text`` (letter or option text), or None.
+
+    Reads what :func:`kardlite.prompts.stated_answers` reads, with the item's option texts.
 
     Example:
         >>> item = QAItem("q", "?", ("red", "blue", "green", "grey"), 2)
@@ -96,25 +102,41 @@ def stated_answer(text: str, item: QAItem) -> int | None:
         >>> stated_answer("Option (A) is correct because red is warm.", item) is None  # discussion, not a verdict
         True
     """
-    n = len(item.options)
-    found: list[tuple[int, int]] = []  # (position, option index)
-    for pattern in _STATED:
-        for m in pattern.finditer(text):
-            letter = m.group(1)
-            if letter.isupper() and letter in LETTERS[:n]:
-                found.append((m.start(1), LETTERS.index(letter)))
-    # "the answer is <option text>": only when it names exactly one option.
-    options = [_norm(o) for o in item.options]
-    for m in _ANSWER_TEXT.finditer(text):
-        said = _norm(m.group(1))
-        hits = [i for i, o in enumerate(options)
-                if o and (said.startswith(o) or (len(said) > 3 and o.startswith(said)))]
-        if len(hits) == 1:
-            found.append((m.start(1), hits[0]))
-    parsed = parse_answer(text, n)
-    if parsed is not None:
-        found.append((text.lower().rfind("answer"), parsed))
-    return max(found)[1] if found else None
+    said = stated_answers(text, len(item.options), item.options)
+    return said[-1] if said else None
+
+
+def check_answer(text: str, item: QAItem) -> tuple[str, str | None]:
+    """How ``text`` relates to the gold answer: a verdict and, for a failure, the reason.
+
+    Verdicts: ``pass`` (its last stated answer is the gold one), ``implied`` (no statement, but it calls the gold
+    option correct, or rules out every other option), ``none stated`` (nothing to check) and ``fail``. It fails
+    when its last stated answer is another option, or, with no statement, when it rules out the gold option
+    ("Option (D) is incorrect", gold D) without calling it correct, or calls only other options correct.
+
+    Example:
+        >>> item = QAItem("q", "?", ("red", "blue", "green", "grey"), 2)
+        >>> check_answer("Options (A), (B) and (D) are incorrect.", item)
+        ('implied', None)
+        >>> check_answer("Option (C) is incorrect because green is cold.", item)
+        ('fail', 'rules out the gold answer (C)')
+    """
+    if item.label is None:
+        raise InputError(f"item {item.id!r} has no gold label", field="label")
+    said = stated_answer(text, item)
+    if said is not None:
+        if said != item.label:
+            return "fail", f"states ({LETTERS[said]}), gold is ({item.answer_letter})"
+        return "pass", None
+    endorsed, ruled_out = option_verdicts(text, len(item.options))
+    if item.label in ruled_out and item.label not in endorsed:
+        return "fail", f"rules out the gold answer ({item.answer_letter})"
+    others = sorted(endorsed - {item.label})
+    if others and item.label not in endorsed:
+        return "fail", f"calls ({LETTERS[others[0]]}) correct, gold is ({item.answer_letter})"
+    if item.label in endorsed or len(ruled_out) == len(item.options) - 1:
+        return "implied", None
+    return "none stated", None
 
 
 class Judge:
@@ -277,12 +299,11 @@ def filter_rationales(store: str | Path, items: Sequence[QAItem], out_dir: str |
     def stated(alive: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kept = []
         for row in alive:
-            item = by_id[row["item_id"]]
-            said = stated_answer(row["text"], item)
-            if said is not None and said != item.label:
-                drop(row, "stated", f"states ({LETTERS[said]}), gold is ({item.answer_letter})")
+            verdict, reason = check_answer(row["text"], by_id[row["item_id"]])
+            if verdict == "fail":
+                drop(row, "stated", reason or "contradicts the gold answer")
             else:
-                row["filters"]["stated"] = "pass" if said is not None else "none stated"
+                row["filters"]["stated"] = verdict
                 kept.append(row)
         return kept
 
@@ -312,6 +333,9 @@ def filter_rationales(store: str | Path, items: Sequence[QAItem], out_dir: str |
             alive = run(name, steps[name], alive)
 
     stats = _stats(items, samples, alive, dropped, timing)
+    if "stated" in filters:
+        # How many kept texts had their answer checked at all ("none stated" passed unchecked).
+        stats["kept_by_answer_check"] = dict(Counter(r["filters"].get("stated") for r in alive).most_common())
     stats["judge_model"] = judge_name
     if out_dir is not None:
         with atomic_dir(out_dir) as tmp:

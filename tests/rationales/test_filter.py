@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from kardlite.data.records import QAItem
 from kardlite.errors import InputError
-from kardlite.rationales.filter import Judge, degenerate_reason, filter_rationales, stated_answer
+from kardlite.rationales.filter import Judge, check_answer, degenerate_reason, filter_rationales, stated_answer
 from kardlite.rationales.store import RationaleStore
 
 SUN = QAItem("7-980", "The sun is responsible for",
@@ -25,7 +26,22 @@ GOOD = ("The sun provides the energy for photosynthesis, which lets plants sprou
     ("This is the same question as the previous one and has the same explanation. The sun gives energy.",
      "refers to another question"),
     ("I'm sorry, but I can't generate a response to that specific question.", "refusal"),
-    (GOOD, None)])
+    (GOOD, None),
+    ("This question is a duplicate. Please refer to the explanation provided for the previous question.",
+     "refers to another question"),
+    ("Please see the explanation provided for question 1, which covers plants and the sun.",
+     "refers to another question"),
+    ("This question has already been answered, and the sun makes plants grow.", "refers to another question"),
+    ("This question is inappropriate. As an AI language model, I cannot provide an answer to this question.",
+     "refusal"),
+    # Not defects: the rationale's own earlier text, a sub-question, "as an AI" without refusing.
+    (GOOD + " Option (C) is incorrect because, as mentioned above, vases cut flowers off from their roots.", None),
+    ("The first question is whether the sun gives energy; it does. The second question is whether plants use it. "
+     "They do, so the answer is yes.", None),
+    ("The first question asks about light. As an AI model trained on science texts, I know plants use light, so "
+     "plants sprouting is the effect.", None),
+    ("Puppies and a similar one learn tricks in the same environment, one of many things the sun does not do.", None),
+])
 def test_degenerate(text: str, reason: str | None) -> None:
     assert degenerate_reason(text) == reason
 
@@ -40,9 +56,52 @@ def test_degenerate(text: str, reason: str | None) -> None:
     ("Thus, the answer is plants sprouting, blooming and wilting.", 3),
     ("The answer is a process of growth.", None),  # "a" is an article, not option A
     ("So, the answer is (E).", None),  # no option E
+    ("The answer to this question is (D) plants sprouting, blooming and wilting.", 3),
+    ("The correct answer, therefore, is (B).", 1),
+    ("Sunlight drives growth. Answer: (A) puppies learning new tricks", 0),
+    ("Thus, the answer is flowers wilting in a vase.", 2),
 ])
 def test_stated_answer(text: str, expected: int | None) -> None:
     assert stated_answer(text, SUN) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (GOOD, ("none stated", None)),
+    ("The sun drives photosynthesis. Options (A), (B) and (C) are incorrect because they do not need it.",
+     ("implied", None)),
+    ("The sun drives photosynthesis. Option (D) is correct because plants need light.", ("implied", None)),
+    ("Option (D) is incorrect because plants grow in the dark.", ("fail", "rules out the gold answer (D)")),
+    ("Option (B) is correct because children grow. Option (A) is wrong.", ("fail", "calls (B) correct, gold is (D)")),
+    ("Option (D) is incorrect at first sight, but the correct answer is (D).", ("pass", None)),  # a statement wins
+    ("So, the answer is (B).", ("fail", "states (B), gold is (D)")),
+])
+def test_check_answer(text: str, expected: tuple[str, str | None]) -> None:
+    assert check_answer(text, SUN) == expected
+
+
+@pytest.mark.parametrize("adversarial", [
+    "the correct answer is" + " " * 100_000 + "!",
+    "question" + " " * 100_000 + "!",
+    "previous" + " " * 100_000 + "!",
+    "refer to" + " " * 100_000 + "!",
+    "explanation provided for" + " " * 100_000 + "!",
+    "identical" + " " * 100_000 + "!",
+    "I" + " " * 100_000 + "!",
+    "I cannot" + " " * 100_000 + "!",
+    " " * 100_000 + "Sorry",
+    "same question as the " * 5_000,
+    "This question is a " * 5_000,
+    "Option (A), " * 8_000,
+    "Options (A), (B) and " * 5_000,
+    "Option (D) is incorrect. " * 4_000,
+])
+def test_filter_rules_are_linear_on_100k_adversarial_inputs(adversarial: str) -> None:
+    # Required by the hardening issue: rationale text is matched by linear-time rules only.
+    # CPU time, not wall time: the bound is on the work done, which other processes on a busy machine do not change.
+    start = time.process_time()
+    degenerate_reason(adversarial)
+    check_answer(adversarial, SUN)
+    assert time.process_time() - start < 1.0
 
 
 def _store(path: Path, texts: list[str], item_id: str = SUN.id) -> Path:
@@ -65,6 +124,7 @@ def test_filter_without_judge_writes_kept_dropped_stats(tmp_path: Path) -> None:
     assert stats["questions_without_rationales_in_store"] == 1
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == 2
     assert stats["filters"]["stated"]["seen"] == 3
+    assert stats["kept_by_answer_check"] == {"none stated": 1, "pass": 1}
 
 
 def test_filter_rejects_store_items_missing_from_task(tmp_path: Path) -> None:
