@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -22,7 +23,7 @@ from kardlite.rationales.filter import Judge, degenerate_reason, stated_answer
 from kardlite.rationales.store import read_store
 from kardlite.teacher import get_teacher
 
-OBQA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "obqa"
+OBQA = Path(os.environ.get("OBQA") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "obqa")
 
 
 def main() -> None:

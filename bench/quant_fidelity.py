@@ -10,7 +10,7 @@ agreement of the predicted letter with fp32, and accuracy difference to fp32 in 
 
     nice .venv/bin/python bench/quant_fidelity.py --eval runs/distill-obqa/eval-kard-bm25 \
         --student runs/distill-obqa/student-kard \
-        --tasks ../shared/data/obqa/Main/test.jsonl --out runs/distill-obqa/quant-kard-bm25
+        --tasks $OBQA/Main/test.jsonl --out runs/distill-obqa/quant-kard-bm25
 """
 
 from __future__ import annotations

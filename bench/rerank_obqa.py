@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-OBQA = ROOT.parent / "shared" / "data" / "obqa"
+OBQA = Path(os.environ.get("OBQA") or ROOT.parent / "shared" / "data" / "obqa")  # layout: docs/environment.md
 DEGENERATE = re.compile(r"repeat of|same as (the )?(above|previous)|previous question|already answered", re.I)
 
 

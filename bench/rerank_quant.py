@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-OBQA = ROOT.parent / "shared" / "data" / "obqa"
+OBQA = Path(os.environ.get("OBQA") or ROOT.parent / "shared" / "data" / "obqa")  # layout: docs/environment.md
 
 
 def main() -> None:

@@ -227,7 +227,8 @@ def scale(n: int, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--obqa", type=Path, default=REPO.parent / "shared" / "data" / "obqa")
+    parser.add_argument("--obqa", type=Path,
+                        default=Path(os.environ.get("OBQA") or REPO.parent / "shared" / "data" / "obqa"))
     parser.add_argument("--skip-obqa", action="store_true")
     parser.add_argument("--scale", type=int, default=100_000, help="synthetic passages (0 to skip)")
     parser.add_argument("--train-slice", type=int, default=500, help="train questions for fusion tuning")

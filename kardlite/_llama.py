@@ -1,7 +1,7 @@
 """The one place kardlite loads a GGUF with llama-cpp-python, with the AMX crash fix applied.
 
 On CPUs with AMX, llama.cpp repacks quantised weights into "extra buffer types" and that path segfaults
-inside ``decode`` on any prompt longer than one token (ENVIRONMENT.md). The fix is the model parameter
+inside ``decode`` on any prompt longer than one token (docs/environment.md). The fix is the model parameter
 ``llama_model_params.use_extra_bufts = False``. ``Llama(...)`` has no argument for it: it builds its params
 from ``llama_cpp.llama_cpp.llama_model_default_params()`` inside ``__init__`` and loads the model right
 there, and ``llama_cpp.server`` goes through the same constructor. So we wrap that module function; both

@@ -1,6 +1,6 @@
 """The one prompt builder, used by training, evaluation and the runtime alike.
 
-Three formats (KARD_METHOD.md §5): ``ft`` (question -> answer), ``rd`` (question -> rationale, answer) and
+Three formats (docs/method.md §5): ``ft`` (question -> answer), ``rd`` (question -> rationale, answer) and
 ``kard`` (question + passages -> rationale, answer). The input is an instruction, ``Question:`` with the
 linearised question, ``Knowledge:`` with numbered passages (kard only), then a cue (``Explanation:`` or
 ``Answer:``) that opens the model's turn. The target continues the cue and always ends with ``Answer: <letter>``.

@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-OBQA = SHARED_DATA / "obqa"
+# OpenBookQA + the KARD release (layout: docs/environment.md); KARDLITE_OBQA points elsewhere.
+OBQA = Path(os.environ.get("KARDLITE_OBQA") or SHARED_DATA / "obqa")
 
 needs_shared = pytest.mark.skipif(not OBQA.is_dir(), reason=f"shared benchmark data not present at {OBQA}")
 

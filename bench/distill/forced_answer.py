@@ -8,7 +8,7 @@ accuracy (an invalid output is wrong, as in the paper), never instead of it: it 
 generation budget would change the picture, without re-generating.
 
     .venv/bin/python bench/distill/forced_answer.py runs/distill-obqa/eval-rd runs/distill-obqa/student-rd \\
-        ../shared/data/obqa/Main/test.jsonl
+        $OBQA/Main/test.jsonl
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # bench/rerank_obqa.py + `kardlite train reranker`); then the KARD student's GGUF exports replay its prompts
 # (bench/quant_fidelity.py). Every step resumes (re-run the script after an interruption).
 set -euo pipefail
-OBQA=${OBQA:-../shared/data/obqa}
+OBQA=${OBQA:?set OBQA to the OpenBookQA folder (layout: docs/environment.md)}
 R=${RUN:-runs/distill-obqa}
 K="nice -n 10 .venv/bin/kardlite"
 # Torch threads: 2 on an idle 2-core machine (the report's run); 1 when the cores are shared with other jobs

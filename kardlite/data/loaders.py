@@ -269,7 +269,7 @@ def load_task(path: str | Path, format: TaskFormat = "auto", **kwargs: Any) -> l
         The questions, in file order.
 
     Example:
-        >>> items = load_task("../shared/data/obqa/Additional/dev_complete.jsonl")  # doctest: +SKIP
+        >>> items = load_task("obqa/Additional/dev_complete.jsonl")  # doctest: +SKIP
         >>> items[0].linearize().splitlines()[1]  # doctest: +SKIP
         'A. Deep sea animals'
     """

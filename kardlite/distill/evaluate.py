@@ -44,7 +44,7 @@ SETTINGS = "eval.json"
 
 @dataclass
 class EvalConfig:
-    """Evaluation settings (KARD_METHOD.md §7).
+    """Evaluation settings (docs/method.md §7).
 
     Attributes:
         mode: prompt format; default: the mode the student was trained in (required for a base model).

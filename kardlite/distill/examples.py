@@ -1,4 +1,4 @@
-"""Training examples for the three students of the paper: FT, RD and KARD (KARD_METHOD.md §5).
+"""Training examples for the three students of the paper: FT, RD and KARD (docs/method.md §5).
 
 An example file holds the raw ingredients (question, rationale, passages) and their provenance, not a
 rendered prompt: the prompt is built at training time with the student's own tokenizer and chat template

@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class StudentTrainConfig:
-    """Training defaults. Paper values (KARD_METHOD.md §5) unless a comment says otherwise.
+    """Training defaults. Paper values (docs/method.md §5) unless a comment says otherwise.
 
     On a 2-core CPU a full paper run is hours; override ``max_steps``, ``batch_size``, ``max_source_tokens``.
     """

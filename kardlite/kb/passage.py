@@ -26,7 +26,7 @@ class Passage:
 
     @property
     def contents(self) -> str:
-        """Title and text as one string: what retrievers index (KARD_METHOD.md §4: title + paragraph)."""
+        """Title and text as one string: what retrievers index (docs/method.md §4: title + paragraph)."""
         return f"{self.title}. {self.text}" if self.title else self.text
 
 

@@ -1,4 +1,4 @@
-"""Keep the rationales that support the gold answer (KARD_METHOD.md §3).
+"""Keep the rationales that support the gold answer (docs/method.md §3).
 
 Three filters, applied in order (each later one only sees what the earlier ones kept):
 

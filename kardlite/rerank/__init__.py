@@ -1,4 +1,4 @@
-"""The KARD reranker (KARD_METHOD.md §6): scores passages from the question alone the way BM25 would score them
+"""The KARD reranker (docs/method.md §6): scores passages from the question alone the way BM25 would score them
 against the teacher's (unseen) rationale; a cross-encoder (default) or late interaction (ColBERT-style).
 
 Parts: ``data`` (candidates + rationale-BM25 labels, question-disjoint split), ``model`` (``Reranker``: torch or

@@ -1,6 +1,6 @@
 """Reranker training data: for each (question, kept rationale), 8 candidate passages labelled by rationale BM25.
 
-KARD_METHOD.md §6: candidates are sampled from BM25(rationale) top-32 and BM25(question) top-32 (4 + 4 by
+docs/method.md §6: candidates are sampled from BM25(rationale) top-32 and BM25(question) top-32 (4 + 4 by
 default); the label of every candidate is the BM25 score of the RATIONALE against it, from the same index,
 so a question-retrieved candidate is re-scored against the rationale. The reranker then learns to score from
 the question alone what BM25 would give against the unseen rationale. The query the reranker sees is the

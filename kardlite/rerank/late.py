@@ -1,6 +1,6 @@
 """Late-interaction (ColBERT-style) reranker: question and passage are encoded apart and scored by MaxSim.
 
-This is the KARD paper's own reranker (KARD_METHOD.md §6). Unlike the cross-encoder's, a passage's token vectors do
+This is the KARD paper's own reranker (docs/method.md §6). Unlike the cross-encoder's, a passage's token vectors do
 not depend on the question, so they are computed once and cached: a repeated passage costs a cache look-up, and the
 question is encoded once per ``rank`` call instead of once per candidate.
 

@@ -1,6 +1,6 @@
 """Train the KARD reranker: make f(question, passage) imitate BM25(rationale, passage) over each query's candidates.
 
-Objective (KARD_METHOD.md §6): KL( softmax(s/τ1) ‖ softmax(f/τ2) ) per query, s = rationale-BM25 labels,
+Objective (docs/method.md §6): KL( softmax(s/τ1) ‖ softmax(f/τ2) ) per query, s = rationale-BM25 labels,
 f = reranker logits (cross-encoder, or scaled MaxSim for late interaction); averaged over the queries of a batch.
 Cross-entropy to the best candidate (``objective="ce"``) is the alternative the reference code used by default.
 
@@ -251,7 +251,7 @@ def _pad(queries: Sequence[RerankQuery], scores_flat: Any) -> tuple[Any, Any, An
 
 def evaluate_queries(reranker: Reranker, queries: Sequence[RerankQuery], *, batch_size: int = 64,
                      tau1: float = 2.0, tau2: float = 1.0, progress: bool = False) -> dict[str, float]:
-    """Candidate-level metrics of a reranker on labelled queries (KARD_METHOD.md §6 metric).
+    """Candidate-level metrics of a reranker on labelled queries (docs/method.md §6 metric).
 
     Args:
         reranker: any backend.
