@@ -1,113 +1,12 @@
-"""kardlite demo: ask the KARD pipeline a question in the browser and watch it retrieve, rerank and reason.
+"""kardlite demo web app: ``python app/demo.py [--bundle DIR] [--host 127.0.0.1] [--port 7860]``.
 
-    python app/demo.py [--bundle DIR] [--host 127.0.0.1] [--port 7860]      (scripts/demo and `kardlite demo` run it)
-
-Offline: no analytics, system fonts only, bound to 127.0.0.1 unless --host says otherwise. The layout lives here;
-what is shown is computed by kardlite.demo.view from the runtime's Answer.
+The app itself lives in the package (``kardlite/demo/app.py``), so ``kardlite demo`` and
+``python -m kardlite.demo.app`` start it from an installed wheel too; this script is the entry from a checkout.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
-
-import gradio as gr
-
-from kardlite import KardliteError
-from kardlite.demo import DISCLAIMER, demo_questions, view
-from kardlite.demo.build import build_demo_bundle
-from kardlite.runtime import load
-
-# Local font names only: a theme's web fonts would be fetched from the internet by the browser.
-THEME = gr.themes.Default(font=("ui-sans-serif", "system-ui", "sans-serif"),
-                          font_mono=("ui-monospace", "Consolas", "monospace"))
-
-
-def build(pipe) -> gr.Blocks:
-    """The page: an Ask tab (question → passages, streamed rationale, answer, timings) and a KB search tab."""
-    stage = pipe.first_stage
-
-    def ask(question: str, options_text: str, samples: int):
-        problem = view.check_input(question, options_text)
-        if problem:
-            gr.Warning(problem)
-            yield f"**Refused:** {problem}", "", "", "", ""
-            return
-        shown_html, rationale = "", ""
-        try:
-            for event in pipe.stream(question, view.parse_options(options_text) or None, samples=int(samples)):
-                if event["type"] == "passages":
-                    shown_html = view.passages_html(event["passages"])
-                    yield view.answer_markdown(None, streaming=True), "", shown_html, "", ""
-                elif event["type"] == "token" and event["sample"] == 0:  # stream the first sample
-                    rationale += event["text"]
-                    yield gr.skip(), rationale, gr.skip(), gr.skip(), gr.skip()
-                elif event["type"] == "answer":
-                    a = event["answer"]
-                    yield (view.answer_markdown(a), a["rationale"] or a["text"], view.passages_html(a["passages"]),
-                           view.candidates_html(a["candidates"], a["passages"], stage), view.timings_markdown(a))
-        except KardliteError as err:  # bad input the runtime caught (e.g. too long for the prompt budget)
-            yield f"**Refused:** {err}", rationale, shown_html, "", ""
-
-    def search(query: str, retriever: str, k: int) -> str:
-        problem = view.check_input(query, None)
-        if problem:
-            return f"<p><b>Refused:</b> {problem}</p>"
-        return view.hits_html(pipe.kb.search(query, k=int(k), retriever=retriever))
-
-    with gr.Blocks(title="kardlite demo") as page:
-        gr.Markdown(f"# kardlite: knowledge-augmented reasoning on a laptop CPU\n"
-                    f"**{DISCLAIMER}** Answers come from a 135M-parameter student; they are often wrong.\n\n"
-                    f"{view.bundle_line(pipe.manifest)}", elem_id="disclaimer")
-        with gr.Tab("Ask"):
-            with gr.Row():
-                with gr.Column(scale=2):
-                    question = gr.Textbox(label="Question", lines=4, elem_id="question")
-                    options = gr.Textbox(label="Answer options (optional, one per line)", lines=4, elem_id="options")
-                    samples = gr.Slider(1, 5, value=1, step=1, label="Samples (more than 1: majority vote)")
-                    go = gr.Button("Ask", variant="primary", elem_id="ask")
-                    gr.Examples(view.examples(demo_questions("test")), [question, options], label="Demo test questions",
-                                examples_per_page=6)
-                with gr.Column(scale=3):
-                    answer = gr.Markdown(elem_id="answer")
-                    rationale = gr.Textbox(label="Rationale (streamed as the student writes it)", lines=6,
-                                           interactive=False, elem_id="rationale")
-                    gr.Markdown("**Passages shown to the student** (highlighted)")
-                    passages = gr.HTML(elem_id="passages")
-                    with gr.Accordion(f"First-stage candidates ({stage}) and timings", open=True):
-                        candidates = gr.HTML(elem_id="candidates")
-                        timings = gr.Markdown(elem_id="timings")
-            outputs = [answer, rationale, passages, candidates, timings]
-            go.click(ask, [question, options, samples], outputs)
-            question.submit(ask, [question, options, samples], outputs)
-        with gr.Tab("Search the knowledge base"):
-            with gr.Row():
-                query = gr.Textbox(label="Query", scale=4, elem_id="kb-query")
-                retriever = gr.Radio(["hybrid", "bm25", "dense"], value="hybrid", label="Retriever", scale=2)
-                k = gr.Slider(1, 20, value=5, step=1, label="Results", scale=1)
-            find = gr.Button("Search", elem_id="kb-search")
-            hits = gr.HTML(elem_id="kb-hits")
-            find.click(search, [query, retriever, k], hits)
-            query.submit(search, [query, retriever, k], hits)
-    return page
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", help="bundle folder (default: the demo bundle, built on first run)")
-    parser.add_argument("--fast", action="store_true", help="build the fast, untrained demo bundle (KARDLITE_FAST=1)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    args = parser.parse_args(argv)
-    bundle = args.bundle or build_demo_bundle(fast=True if args.fast else None)
-    pipe = load(bundle, threads=args.threads)
-    print(f"kardlite demo: {pipe!r}", flush=True)
-    build(pipe).queue().launch(server_name=args.host, server_port=args.port, theme=THEME, footer_links=["settings"],
-                               show_error=True)
-
+from kardlite.demo.app import main
 
 if __name__ == "__main__":
     main()

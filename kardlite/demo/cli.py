@@ -1,10 +1,8 @@
-"""``kardlite demo``: the main job. Builds the demo bundle on first use, then starts the web app (app/demo.py) or,
+"""``kardlite demo``: the main job. Builds the demo bundle on first use, then starts the web app (demo/app.py) or,
 given a question, answers it in the terminal."""
 
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,6 @@ import typer
 from kardlite.errors import KardliteError
 
 DEFAULT_DIR = Path("exports") / "demo"
-APP = Path(__file__).resolve().parents[2] / "app" / "demo.py"  # the web app lives in the source tree
 
 
 def demo(
@@ -36,12 +33,10 @@ def demo(
     try:
         path = bundle or build_demo_bundle(DEFAULT_DIR, fast=True if fast else None)
         if question is None:
-            if not APP.is_file():
-                raise KardliteError(f"the web app {APP} is not here (it ships with the source tree); "
-                                    "ask in the terminal instead: kardlite demo 'your question'")
-            sys.argv = [str(APP), "--bundle", str(path), "--host", host, "--port", str(port)] + (
-                ["--threads", str(threads)] if threads else [])
-            runpy.run_path(str(APP), run_name="__main__")
+            from kardlite.demo.app import main as run_app  # gradio: the `app` extra (MissingExtraError names it)
+
+            run_app(["--bundle", str(path), "--host", host, "--port", str(port)] + (
+                ["--threads", str(threads)] if threads else []))
             return
         _answer(path, question, threads)
     except KardliteError as err:

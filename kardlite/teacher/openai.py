@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from kardlite.errors import MissingExtraError
 from kardlite.teacher.base import Sample, Teacher, TeacherError
 
 RETRY_STATUS = {408, 409, 429}
@@ -60,7 +61,10 @@ class OpenAITeacher(Teacher):
                  temperature: float = 1.0, max_tokens: int = 256, top_p: float = 1.0, seed: int | None = None,
                  concurrency: int = 4, max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0,
                  timeout: float = 120.0) -> None:
-        import openai  # a core dependency
+        try:
+            import openai
+        except ImportError:
+            raise MissingExtraError("openai", "teacher") from None
         model = model or os.environ.get("KARDLITE_TEACHER_MODEL")
         if not model:
             raise TeacherError("no teacher model: pass --model or set KARDLITE_TEACHER_MODEL")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kardlite.data.records import QAItem
+from kardlite.errors import MissingExtraError
 from kardlite.rationales.store import read_store
 from kardlite.teacher import TeacherError
 from kardlite.teacher.openai import OpenAITeacher, _retry_after
@@ -177,3 +179,10 @@ def test_server_ignoring_n_gets_one_request_per_sample(loopback, tmp_path: Path)
                                                    ({"retry-after": "soon"}, None), ({}, None)])
 def test_retry_after_parsing(headers: dict, expected: float | None) -> None:
     assert _retry_after(headers) == expected
+
+
+def test_without_the_openai_client_the_error_names_the_teacher_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules is what `import openai` meets when the package is not installed.
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'kardlite\[teacher\]'"):
+        OpenAITeacher(model="m", base_url="http://127.0.0.1:9/v1")
