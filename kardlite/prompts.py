@@ -1,9 +1,10 @@
 """The one prompt builder, used by training, evaluation and the runtime alike.
 
-Three formats (docs/method.md §5): ``ft`` (question -> answer), ``rd`` (question -> rationale, answer) and
-``kard`` (question + passages -> rationale, answer). The input is an instruction, ``Question:`` with the
-linearised question, ``Knowledge:`` with numbered passages (kard only), then a cue (``Explanation:`` or
-``Answer:``) that opens the model's turn. The target continues the cue and always ends with ``Answer: <letter>``.
+Four formats: ``ft`` (question -> answer), ``rd`` (question -> rationale, answer), ``kard`` (question + passages
+-> rationale, answer) and ``ka-ft`` (question + passages -> answer: what the passages give without a rationale).
+The input is an instruction, ``Question:`` with the linearised question, ``Knowledge:`` with numbered passages
+(kard, ka-ft), then a cue (``Explanation:`` or ``Answer:``) that opens the model's turn. The target continues
+the cue and always ends with ``Answer: <letter>``.
 
 The token budget is explicit and shared by training and inference: the question and its options are never
 cut; passages are dropped or trimmed (whole passages first, then the last one at a word boundary) until the
@@ -24,8 +25,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from kardlite.data.records import LETTERS, QAItem
 from kardlite.errors import InputError
 
-Mode = Literal["ft", "rd", "kard"]
-MODES: tuple[Mode, ...] = ("ft", "rd", "kard")
+Mode = Literal["ft", "rd", "kard", "ka-ft"]
+MODES: tuple[Mode, ...] = ("ft", "rd", "kard", "ka-ft")
+KNOWLEDGE_MODES: tuple[Mode, ...] = ("kard", "ka-ft")  # prompts with a Knowledge block
+ANSWER_ONLY_MODES: tuple[Mode, ...] = ("ft", "ka-ft")  # targets that are the letter alone
 
 INSTRUCTIONS: dict[str, str] = {
     "ft": "Answer the following multiple-choice question with the letter of the correct option.",
@@ -33,8 +36,10 @@ INSTRUCTIONS: dict[str, str] = {
           "'Answer: <letter>'.",
     "kard": "Answer the following multiple-choice question using the knowledge below where it helps. Explain your "
             "reasoning step by step, then end with 'Answer: <letter>'.",
+    "ka-ft": "Answer the following multiple-choice question with the letter of the correct option, using the "
+             "knowledge below where it helps.",
 }
-CUES: dict[str, str] = {"ft": "Answer:", "rd": "Explanation:", "kard": "Explanation:"}
+CUES: dict[str, str] = {"ft": "Answer:", "rd": "Explanation:", "kard": "Explanation:", "ka-ft": "Answer:"}
 MIN_TRIMMED_PASSAGE_TOKENS = 16  # a passage cut shorter than this is noise, so drop it instead
 
 
@@ -104,7 +109,7 @@ def build_target(item: QAItem, mode: Mode, rationale: str | None = None) -> str:
     if item.label is None:
         raise InputError(f"item {item.id!r} has no gold label, so no training target", field="label")
     letter = LETTERS[item.label]
-    if mode == "ft":
+    if mode in ANSWER_ONLY_MODES:
         return f" {letter}"
     if not rationale or not rationale.strip():
         raise InputError(f"item {item.id!r}: mode {mode!r} needs a rationale", field="rationale")
@@ -113,7 +118,7 @@ def build_target(item: QAItem, mode: Mode, rationale: str | None = None) -> str:
 
 def _user_text(item: QAItem, mode: Mode, passage_blocks: Sequence[str]) -> str:
     parts = [INSTRUCTIONS[mode], f"Question: {item.linearize()}"]
-    if mode == "kard":
+    if mode in KNOWLEDGE_MODES:
         parts.append("Knowledge:\n" + ("\n".join(passage_blocks) if passage_blocks else "(none)"))
     return "\n".join(parts)
 
@@ -181,7 +186,7 @@ def build_prompt(
     used: list[str] = []
     trimmed = False
     text, n_tokens = base, base_tokens
-    for passage in passages if mode == "kard" else ():
+    for passage in passages if mode in KNOWLEDGE_MODES else ():
         block = format_passage(len(blocks) + 1, passage)
         candidate = render([*blocks, block])
         cand_tokens = count_tokens(candidate)
@@ -206,7 +211,7 @@ def build_prompt(
             used.append(passage.id)
             text, n_tokens = best[1], best[2]
         break
-    if mode == "kard" and len(used) < len(passages):
+    if mode in KNOWLEDGE_MODES and len(used) < len(passages):
         trimmed = True
 
     target = None

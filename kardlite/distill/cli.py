@@ -54,12 +54,15 @@ def build(
     tasks: Annotated[Path, typer.Option(help="Training questions (any format `load_task` reads).")],
     rationales: Annotated[Path, typer.Option(help="Kept-rationales JSONL (item id, rationale index, text).")],
     out: Annotated[Path, typer.Option(help="Examples JSONL to write (a .meta.json is written beside it).")],
-    mode: Annotated[str, typer.Option(help="ft, rd or kard.")] = "kard",
+    mode: Annotated[str, typer.Option(help="ft, rd, kard or ka-ft (kard's passages, answer-only target).")] = "kard",
     kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard).")] = None,
     k: Annotated[int, typer.Option(help="Passages per rationale (kard).")] = 5,
     retriever: Annotated[str, typer.Option(help="bm25 (paper), dense or hybrid; query = the rationale.")] = "bm25",
     max_items: Annotated[int | None, typer.Option(help="First N questions with a kept rationale.")] = None,
-    per_item: Annotated[int | None, typer.Option(help="Keep the first M kept rationales per question.")] = None,
+    per_item: Annotated[int | None, typer.Option(help="Keep M kept rationales per question (default: all).")] = None,
+    select: Annotated[str, typer.Option(help="Which M: first (teacher order), shortest or random (seeded).")
+                      ] = "first",
+    seed: Annotated[int, typer.Option(help="Seed for --select random.")] = 42,
     task_format: Annotated[str, typer.Option("--format", help="Task file format.")] = "auto",
 ) -> None:
     """Build FT / RD / KARD training examples with provenance."""
@@ -68,9 +71,9 @@ def build(
 
     items = load_task(tasks, task_format)
     kept = read_kept_rationales(rationales)
-    kb_obj = _load_kb(kb) if (kb is not None and mode == "kard") else None
+    kb_obj = _load_kb(kb) if (kb is not None and mode in ("kard", "ka-ft")) else None
     rows = build_examples(items, kept, mode, kb=kb_obj, k=k, retriever=retriever, max_items=max_items,
-                          per_item=per_item, kb_path=kb)
+                          per_item=per_item, select=select, seed=seed, kb_path=kb)
     sources = {"tasks": tasks, "rationales": rationales}
     save_examples(rows, out, sources=sources)
     typer.echo(f"{len(rows)} {mode} examples from {len({r['item_id'] for r in rows})} questions -> {out}")
@@ -87,7 +90,12 @@ def train_student_cmd(
     batch_size: Annotated[int, typer.Option(help="Micro-batch per process.")] = 8,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 1,
     max_source_tokens: Annotated[int, typer.Option(help="Prompt budget (paper 512).")] = 512,
-    max_target_tokens: Annotated[int, typer.Option(help="Target cap (rationale + answer).")] = 256,
+    max_target_tokens: Annotated[int | None, typer.Option(
+        help="Target cap (rationale + answer); default: from the data, cutting at most 1% of targets.")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        help="Tokens per forward pass; a micro-batch over it is split (same result, less memory).")] = 2048,
+    group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")] = True,
+    freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")] = 0,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
     lora_r: Annotated[int, typer.Option()] = 16,
     lora_alpha: Annotated[int, typer.Option()] = 32,
@@ -96,6 +104,8 @@ def train_student_cmd(
     dev_fraction: Annotated[float, typer.Option(help="Share of questions held out for the dev loss.")] = 0.05,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 25,
     eval_every: Annotated[int, typer.Option(help="Dev loss every N steps (0: at the end only).")] = 0,
+    snapshot_every: Annotated[int, typer.Option(help="Keep the trainable weights every N steps (learning curves)."
+                                                )] = 0,
 ) -> None:
     """Fine-tune a student (LoRA by default) and save a merged model. Multi-GPU: `accelerate launch -m kardlite.cli
     train student ...`."""
@@ -103,9 +113,11 @@ def train_student_cmd(
 
     cfg = StudentTrainConfig(student=student, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                              grad_accum=grad_accum, max_source_tokens=max_source_tokens,
-                             max_target_tokens=max_target_tokens, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
-                             lora_dropout=lora_dropout, seed=seed, dev_fraction=dev_fraction, save_every=save_every,
-                             eval_every=eval_every)
+                             max_target_tokens=max_target_tokens, max_batch_tokens=max_batch_tokens,
+                             group_by_length=group_by_length, freeze_layers=freeze_layers, lora=not full,
+                             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
+                             dev_fraction=dev_fraction, save_every=save_every,
+                             eval_every=eval_every, snapshot_every=snapshot_every)
     model_dir = train_student(examples, out, cfg)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     typer.echo(f"saved {model_dir} (steps {manifest['steps']}, metrics {manifest['metrics']})")
@@ -119,17 +131,21 @@ def eval_cmd(
     tasks: Annotated[Path | None, typer.Option(help="Test questions (any format `load_task` reads).")] = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (re-run the same command to resume).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
-    mode: Annotated[str | None, typer.Option(help="ft, rd or kard; default: the student's training mode.")] = None,
-    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard).")] = None,
-    retriever: Annotated[str, typer.Option(help="bm25, dense, hybrid or reranker.")] = "bm25",
-    n_docs: Annotated[int, typer.Option(help="Passages shown to the student.")] = 5,
+    mode: Annotated[str | None, typer.Option(help="ft, rd, kard or ka-ft; default: the student's training mode."
+                                             )] = None,
+    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).")] = None,
+    retriever: Annotated[str | None, typer.Option(help="bm25 (default), dense, hybrid or reranker.")] = None,
+    n_docs: Annotated[int | None, typer.Option(help="Passages shown; default: as in training.")] = None,
     pool: Annotated[int, typer.Option(help="Candidates the reranker picks from.")] = 100,
     first_stage: Annotated[str, typer.Option(help="bm25, dense or hybrid: what builds the reranker's pool.")] = "bm25",
     reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder, torch or its ONNX export "
                                                        "(retriever 'reranker').")] = None,
-    decoding: Annotated[str, typer.Option(help="greedy or sc (self-consistency).")] = "greedy",
+    decoding: Annotated[str | None, typer.Option(help="greedy (default) or sc (self-consistency).")] = None,
     samples: Annotated[int, typer.Option(help="Samples for self-consistency.")] = 5,
-    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap; default: the student's.")] = None,
+    answer_scoring: Annotated[str | None, typer.Option(
+        help="generated (rd/kard default: parse, force at the cap), letter (ft/ka-ft default) or text "
+             "(option-text likelihood).")] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     max_source_tokens: Annotated[int | None, typer.Option(help="Default: the training budget.")] = None,
     seed: Annotated[int, typer.Option()] = 42,
@@ -148,11 +164,25 @@ def eval_cmd(
     items = load_task(tasks, task_format)
     if limit:
         items = items[:limit]
-    cfg = EvalConfig(mode=mode, decoding=decoding, samples=samples, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, max_source_tokens=max_source_tokens, retriever=retriever, n_docs=n_docs,
-                     pool=pool, first_stage=first_stage, reranker=str(reranker) if reranker else None, seed=seed,
-                     name=name)
     student = load_student(model)
+    from kardlite.errors import InputError
+    from kardlite.prompts import ANSWER_ONLY_MODES, KNOWLEDGE_MODES
+
+    resolved = mode or student.info.get("mode")
+    # Options that a mode would silently ignore are refused: a run must record what it really did.
+    ignored = {"--kb": kb, "--retriever": retriever, "--n-docs": n_docs, "--reranker": reranker}
+    if resolved not in KNOWLEDGE_MODES and (given := [k for k, v in ignored.items() if v is not None]):
+        raise InputError(f"mode {resolved!r} uses no knowledge, so {', '.join(given)} would be ignored; drop them",
+                         field=given[0].lstrip("-"))
+    gen = {"--decoding": decoding, "--max-new-tokens": max_new_tokens}
+    if resolved in ANSWER_ONLY_MODES and (given := [k for k, v in gen.items() if v is not None]):
+        raise InputError(f"mode {resolved!r} generates nothing (its answer is scored), so {', '.join(given)} would "
+                         "be ignored; drop them", field=given[0].lstrip("-"))
+    retriever = retriever or "bm25"
+    cfg = EvalConfig(mode=mode, decoding=decoding or "greedy", samples=samples, max_new_tokens=max_new_tokens,
+                     answer_scoring=answer_scoring, batch_size=batch_size, max_source_tokens=max_source_tokens,
+                     retriever=retriever, n_docs=n_docs, pool=pool, first_stage=first_stage,
+                     reranker=str(reranker) if reranker else None, seed=seed, name=name)
     kb_obj = _load_kb(kb) if kb is not None else None
     retrieve = None
     if retriever == "reranker" and kb_obj is not None:
@@ -165,7 +195,7 @@ def eval_cmd(
                                   reranker=Reranker.load(reranker, backend=backend))
     metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
-               f"n {metrics['n']} -> {out}")
+               f"forced {metrics['forced_rate']:.3f}, n {metrics['n']} -> {out}")
 
 
 @eval_app.command("report")
@@ -175,7 +205,13 @@ def report_cmd(
     out: Annotated[Path, typer.Option(help="Markdown report (a CSV is written beside it).")],
 ) -> None:
     """Compare evaluated systems in one markdown table (+ CSV)."""
+    import warnings
+
     from kardlite.distill.evaluate import write_report
 
-    path = write_report(runs, out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_report(runs, out)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
     sys.stdout.write(path.read_text(encoding="utf-8"))

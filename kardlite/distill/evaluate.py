@@ -1,13 +1,19 @@
 """Evaluate students on a task: accuracy, invalid-output rate and one audit line per question.
 
-- FT students (and untrained base models in ``ft`` mode) are scored by option-letter likelihood: the
-  next-token log-probability of each option letter after the ``Answer:`` cue; the best letter wins, so an
-  FT prediction is never invalid.
+- FT and KA-FT students (and untrained base models in ``ft`` mode) are scored by option-letter likelihood:
+  the next-token log-probability of each option letter after the ``Answer:`` cue (or, with
+  ``answer_scoring="text"``, the mean log-likelihood of each option's text); the best wins, so such a
+  prediction is never invalid.
 - RD and KARD students generate (batched, left padding) with greedy decoding, or with self-consistency:
-  ``samples`` outputs (top-k 50, top-p 0.95, temperature 1.0) and a majority vote over the parsed letters.
+  ``samples`` outputs (top-k 50, top-p 0.95, temperature 1.0) and a majority vote over the parsed answers.
   Ties go to the tied letter whose first vote came earliest (sample order), which is deterministic.
-  An output without a parsable ``Answer: X`` is an invalid vote; a question with no valid vote is wrong and
-  counted invalid.
+  The answer is read as ``Answer: X`` or as an option's text (``the answer is no``). An output that ends
+  without one (it reached the generation cap) gets its answer *forced*: read by letter likelihood after
+  ``<output>\nAnswer:``; forced answers are counted apart. ``answer_scoring="letter"|"text"`` instead always
+  chooses after the rationale by letter or option-text likelihood. An output whose earlier stated answer
+  differs from its final one is counted as a contradiction.
+- The generation cap, the prompt budget and the passage count default to what the student was trained with
+  (recorded in its ``kardlite_student.json``).
 - KARD retrieves at test time with the linearised question (there is no rationale yet): ``bm25``, ``dense``,
   ``hybrid``, ``reranker`` (a first-stage pool — BM25, dense or hybrid — reranked by ``kardlite.rerank``, the
   same ``RerankRetriever`` the runtime uses), or any callable
@@ -22,8 +28,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +40,15 @@ from kardlite.data.records import LETTERS, QAItem
 from kardlite.distill.student import Student, load_student
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
-from kardlite.prompts import MODES, Mode, parse_answer, vote  # vote: re-exported, its home is prompts
+from kardlite.prompts import (
+    ANSWER_ONLY_MODES,
+    KNOWLEDGE_MODES,
+    MODES,
+    Mode,
+    parse_answer,
+    stated_answers,
+    vote,  # re-exported: its home is prompts
+)
 
 Retrieve = Callable[[QAItem, int], list[Passage]]
 PREDICTIONS = "predictions.jsonl"
@@ -50,11 +64,14 @@ class EvalConfig:
         mode: prompt format; default: the mode the student was trained in (required for a base model).
         decoding: ``greedy`` or ``sc`` (self-consistency).
         samples, top_k, top_p, temperature: self-consistency sampling (paper: 5, 50, 0.95, 1.0).
-        max_new_tokens: generation cap for rd/kard.
+        max_new_tokens: generation cap for rd/kard; default: the student's (above its longest training
+            target), else 256.
+        answer_scoring: how the answer is chosen: ``generated`` (parse the output, force at the cap; rd/kard)
+            or ``letter`` (letter likelihood) for every mode, or ``text`` (option-text mean log-likelihood).
         batch_size: questions per forward pass.
         max_source_tokens: prompt budget; default: the student's training budget, else 512.
-        retriever: ``bm25``, ``dense``, ``hybrid`` or ``reranker`` (kard only).
-        n_docs: passages shown to the student.
+        retriever: ``bm25``, ``dense``, ``hybrid`` or ``reranker`` (kard and ka-ft only).
+        n_docs: passages shown to the student; default: as many as in its training prompts, else 3.
         pool: first-stage candidates the reranker chooses from.
         first_stage: the retriever that builds the reranker's pool (``bm25``, ``dense`` or ``hybrid``).
         reranker: the reranker's folder, recorded with the results (a resumed run must use the same one).
@@ -68,11 +85,12 @@ class EvalConfig:
     top_k: int = 50
     top_p: float = 0.95
     temperature: float = 1.0
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None
+    answer_scoring: Literal["generated", "letter", "text"] | None = None
     batch_size: int = 8
     max_source_tokens: int | None = None
     retriever: str = "bm25"
-    n_docs: int = 5
+    n_docs: int | None = None
     pool: int = 100
     first_stage: str = "bm25"
     reranker: str | None = None
@@ -121,12 +139,18 @@ def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = 100, reranke
 # ----------------------------------------------------------------------------- voting and parsing
 
 
-# A complete "Answer: X" followed by a non-letter: safe to stop generating (the letter cannot grow into a word).
-_DONE_RE = re.compile(r"answer\s*(?:is)?\s*[:：]?\s*\(?\s*[A-Z]\s*\)?[^A-Za-z]", re.IGNORECASE)
 
 
 def _answer_done(text: str, n_options: int) -> bool:
-    return bool(_DONE_RE.search(text)) and parse_answer(text, n_options) is not None
+    """True once the last ``Answer:`` is followed by a valid letter and then a non-letter: safe to stop generating.
+
+    A plain scan (no regular expression), linear in the text: this runs at every generated token.
+    """
+    at = text.rfind("Answer:")
+    if at < 0:
+        return False
+    rest = text[at + len("Answer:"):].lstrip(" (")
+    return len(rest) > 1 and rest[0] in LETTERS[:n_options] and not rest[1].isalpha()
 
 
 # ----------------------------------------------------------------------------- model calls
@@ -191,6 +215,43 @@ def score_letters(student: Student, prompts: list[list[int]], n_options: list[in
         letters = letter_token_ids(student, n)
         out.append([float(row[t]) for t in letters])
     return out
+
+
+def score_option_texts(student: Student, prompts: list[list[int]], options: list[Sequence[str]]) -> list[list[float]]:
+    """Mean log-likelihood of each option's text (`` <text>``) as the continuation of each prompt.
+
+    Small models tie letters to options poorly; the option's own words are often the better read of what they
+    mean. Causal students only.
+    """
+    import torch
+
+    if student.kind != "causal":
+        raise InputError("option-text scoring needs a causal (decoder-only) student", field="answer_scoring")
+    seqs, spans = [], []
+    for prompt, opts in zip(prompts, options, strict=True):
+        for text in opts:
+            cont = student.encode(" " + text.strip()) or student.encode(text)
+            seqs.append(prompt + cont)
+            spans.append(len(cont))
+    out: list[float] = []
+    model, tok = student.model, student.tokenizer
+    with torch.no_grad():
+        for i in range(0, len(seqs), 16):
+            part, lens = seqs[i:i + 16], spans[i:i + 16]
+            ids, mask = _left_pad(part, tok.pad_token_id)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(lens) + 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -keep:-1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, n in enumerate(lens):
+                targets = ids[row, -n:]
+                picked = logp[row, -n:].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                out.append(float(picked.mean()))
+    result, pos = [], 0
+    for opts in options:
+        result.append(out[pos:pos + len(opts)])
+        pos += len(opts)
+    return result
 
 
 def decode_until_stop(tokenizer: Any, seqs: list[list[int]], stop_ids: Sequence[int]) -> list[str]:
@@ -304,23 +365,37 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
         student = load_student(student)
     mode = cfg.mode or student.info.get("mode")
     if mode not in MODES:
-        raise InputError("no prompt mode: pass mode ft, rd or kard (a base model has none of its own)", field="mode")
-    budget = cfg.max_source_tokens or student.info.get("max_source_tokens") or 512
-    if mode == "kard" and retrieve is None:
+        raise InputError(f"no prompt mode: pass mode {', '.join(MODES)} (a base model has none of its own)",
+                         field="mode")
+    info = student.info
+    budget = cfg.max_source_tokens or info.get("max_source_tokens") or 512
+    scoring = cfg.answer_scoring or ("letter" if mode in ANSWER_ONLY_MODES else "generated")
+    if scoring not in ("generated", "letter", "text"):
+        raise InputError(f"unknown answer_scoring {scoring!r}; choose generated, letter or text",
+                         field="answer_scoring")
+    if mode in ANSWER_ONLY_MODES and scoring == "generated":
+        raise InputError(f"mode {mode!r} writes no rationale: score its answer by 'letter' or 'text'",
+                         field="answer_scoring")
+    if mode in KNOWLEDGE_MODES and retrieve is None:
         if kb is None:
-            raise ArtifactError("mode 'kard' needs a knowledge base (--kb) or a retrieve function")
+            raise ArtifactError(f"mode {mode!r} needs a knowledge base (--kb) or a retrieve function")
         retrieve = make_retriever(kb, cfg.retriever, pool=cfg.pool)
     if cfg.decoding not in ("greedy", "sc"):
         raise InputError(f"unknown decoding {cfg.decoding!r}; choose greedy or sc", field="decoding")
+    n_docs = cfg.n_docs or info.get("n_docs") or 3
+    max_new = cfg.max_new_tokens or info.get("max_new_tokens") or 256
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {**asdict(cfg), "mode": mode, "max_source_tokens": budget, "student": student.name,
-                "name": cfg.name or out.name, "items": [it.id for it in items]}
-    if mode == "ft":  # generation settings do not apply to letter scoring
+                "name": cfg.name or out.name, "items": [it.id for it in items], "answer_scoring": scoring,
+                "n_docs": n_docs, "max_new_tokens": max_new}
+    if cfg.decoding == "greedy":
+        settings.update(samples=1, top_k=None, top_p=None, temperature=None)
+    if mode in ANSWER_ONLY_MODES:  # generation settings do not apply to likelihood scoring
         for key in ("decoding", "samples", "top_k", "top_p", "temperature", "max_new_tokens"):
             settings[key] = None
-    if mode != "kard":
+    if mode not in KNOWLEDGE_MODES:
         for key in ("retriever", "n_docs", "pool", "first_stage", "reranker"):
             settings[key] = None
     elif cfg.retriever != "reranker":
@@ -342,33 +417,38 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
     import torch
     from tqdm.auto import tqdm
 
+    gen_cfg = EvalConfig(**{**asdict(cfg), "max_new_tokens": max_new})
     student.model.eval()
     with open(preds_path, "a", encoding="utf-8") as fh, tqdm(total=len(items), initial=len(items) - len(todo),
                                                              desc=f"eval {mode}") as bar:
         for b in range(0, len(todo), cfg.batch_size):
             batch = todo[b:b + cfg.batch_size]
-            passages = [retrieve(it, cfg.n_docs) if mode == "kard" else [] for it in batch]
+            passages = [retrieve(it, n_docs) if mode in KNOWLEDGE_MODES else [] for it in batch]
             prompts = [student.prompt(it, mode, passages=ps, max_tokens=budget)
                        for it, ps in zip(batch, passages, strict=True)]
             ids = [student.encode(p.text) for p in prompts]
             n_opts = [len(it.options) for it in batch]
-            if mode == "ft":
-                scores = score_letters(student, ids, n_opts)
-                outputs = [[] for _ in batch]
-                votes = [[max(range(len(s)), key=s.__getitem__)] for s in scores]
+            forced = [[False] for _ in batch]
+            contradictions = [0] * len(batch)
+            if mode in ANSWER_ONLY_MODES:
+                scores = (score_letters(student, ids, n_opts) if scoring == "letter"
+                          else score_option_texts(student, ids, [it.options for it in batch]))
+                outputs: list[list[str]] = [[] for _ in batch]
+                votes = [[max(range(len(sc)), key=sc.__getitem__)] for sc in scores]
             else:
                 # Seed from the batch's first id so a resumed run samples what the first run would have.
                 torch.manual_seed(cfg.seed + sum(map(ord, batch[0].id)))
                 scores = [None] * len(batch)
-                outputs = generate(student, ids, n_opts, cfg)
-                votes = [[parse_answer(o, n) for o in outs] for outs, n in zip(outputs, n_opts, strict=True)]
-            for it, p, ps, outs, vs, sc in zip(batch, prompts, passages, outputs, votes, scores, strict=True):
+                outputs = generate(student, ids, n_opts, gen_cfg)
+                votes, forced, contradictions = _read_answers(student, batch, ids, outputs, scoring)
+            for j, (it, p, ps, outs, vs) in enumerate(zip(batch, prompts, passages, outputs, votes, strict=True)):
                 pred = vote(vs)
                 row = {"id": it.id, "gold": LETTERS[it.label], "prediction": None if pred is None else LETTERS[pred],
-                       "correct": pred == it.label, "invalid": pred is None,
+                       "correct": pred == it.label, "invalid": pred is None, "forced": any(forced[j]),
+                       "contradiction": contradictions[j] > 0,
                        "votes": [None if v is None else LETTERS[v] for v in vs], "outputs": outs,
-                       "letter_logprobs": sc, "passages": [{"id": x.id, "title": x.title, "text": x.text}
-                                                           for x in ps if x.id in p.passage_ids],
+                       "letter_logprobs": scores[j], "passages": [{"id": x.id, "title": x.title, "text": x.text}
+                                                                  for x in ps if x.id in p.passage_ids],
                        "n_prompt_tokens": p.n_tokens, "trimmed": p.trimmed, "prompt": p.text}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[it.id] = row
@@ -376,23 +456,68 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
             bar.update(len(batch))
 
     rows = [done[it.id] for it in items]
+    metrics = summarize(rows, settings)
+    metrics.update(student=student.name, seconds_this_session=round(time.time() - started, 1))
+    atomic_write_json(out / METRICS, metrics)
+    return metrics
+
+
+def _read_answers(student: Student, batch: Sequence[QAItem], ids: list[list[int]], outputs: list[list[str]],
+                  scoring: str) -> tuple[list[list[int | None]], list[list[bool]], list[int]]:
+    """Votes per question from its outputs: parsed (forced where none), or scored after the rationale."""
+    votes: list[list[int | None]] = []
+    forced: list[list[bool]] = []
+    contradictions: list[int] = []
+    need: list[tuple[int, int]] = []  # (question, sample) whose answer is chosen by likelihood
+    for q, (it, outs) in enumerate(zip(batch, outputs, strict=True)):
+        parsed = [parse_answer(o, len(it.options), options=it.options) for o in outs]
+        stated = [stated_answers(o, len(it.options), options=it.options) for o in outs]
+        contradictions.append(sum(len(set(s)) > 1 for s in stated))
+        votes.append(parsed if scoring == "generated" else [None] * len(outs))
+        forced.append([False] * len(outs))
+        for k, v in enumerate(votes[-1]):
+            if v is None:
+                need.append((q, k))
+    if need:
+        cont = [ids[q] + student.encode(_rationale_part(outputs[q][k]) + "\nAnswer:") for q, k in need]
+        if scoring == "text":
+            scores = score_option_texts(student, cont, [batch[q].options for q, _ in need])
+        else:
+            scores = score_letters(student, cont, [len(batch[q].options) for q, _ in need])
+        for (q, k), sc in zip(need, scores, strict=True):
+            votes[q][k] = max(range(len(sc)), key=sc.__getitem__)
+            forced[q][k] = scoring == "generated"
+    return votes, forced, contradictions
+
+
+def _rationale_part(output: str) -> str:
+    """The output up to its last ``Answer:`` line (what the answer is scored after)."""
+    cut = output.rfind("\nAnswer:")
+    return (output[:cut] if cut >= 0 else output).rstrip()
+
+
+def summarize(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of evaluated rows: accuracy, invalid/forced/contradiction rates, letter counts."""
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     invalid = sum(r["invalid"] for r in rows)
+    forced = sum(bool(r.get("forced")) for r in rows)
     all_votes = [v for r in rows for v in r["votes"]]
-    metrics = {
-        "name": settings["name"], "student": student.name, "mode": mode, "n": n,
-        "accuracy": round(correct / n, 4), "correct": correct,
-        "invalid_rate": round(invalid / n, 4), "invalid": invalid,
+    return {
+        "name": settings["name"], "mode": settings["mode"], "n": n,
+        "accuracy": round(correct / n, 4) if n else None, "correct": correct,
+        "invalid_rate": round(invalid / n, 4) if n else None, "invalid": invalid,
+        "forced_rate": round(forced / n, 4) if n else None, "forced": forced,
+        "contradiction_rate": round(sum(bool(r.get("contradiction")) for r in rows) / n, 4) if n else None,
         "invalid_output_rate": round(sum(v is None for v in all_votes) / max(len(all_votes), 1), 4),
-        "decoding": settings["decoding"] or "letter-likelihood", "samples": settings["samples"],
-        "retriever": settings["retriever"], "n_docs": settings["n_docs"], "max_source_tokens": budget,
+        "letters": dict(sorted(Counter(r["prediction"] or "-" for r in rows).items())),
+        "decoding": settings["decoding"] or "likelihood", "samples": settings["samples"],
+        "answer_scoring": settings.get("answer_scoring"), "max_new_tokens": settings.get("max_new_tokens"),
+        "retriever": settings["retriever"], "n_docs": settings["n_docs"],
+        "max_source_tokens": settings["max_source_tokens"],
         "trimmed_prompts": sum(r["trimmed"] for r in rows),
-        "mean_prompt_tokens": round(sum(r["n_prompt_tokens"] for r in rows) / n, 1),
-        "seconds_this_session": round(time.time() - started, 1),
+        "mean_prompt_tokens": round(sum(r["n_prompt_tokens"] for r in rows) / n, 1) if n else None,
     }
-    atomic_write_json(out / METRICS, metrics)
-    return metrics
 
 
 # ----------------------------------------------------------------------------- reports
@@ -401,17 +526,13 @@ def _partial_metrics(run_dir: Path) -> dict[str, Any]:
     """Metrics of an evaluation that has not finished, from the rows written so far (marked partial)."""
     settings = json.loads((run_dir / SETTINGS).read_text(encoding="utf-8"))
     rows = list(_read_done(run_dir / PREDICTIONS).values())
-    n = len(rows)
-    return {**{k: settings.get(k) for k in ("student", "mode", "retriever", "n_docs")},
-            "name": f"{settings['name']} (partial: {n}/{len(settings['items'])})", "n": n,
-            "decoding": settings.get("decoding") or "letter-likelihood",
-            "accuracy": sum(r["correct"] for r in rows) / n if n else None,
-            "invalid_rate": sum(r["invalid"] for r in rows) / n if n else None,
-            "trimmed_prompts": sum(r["trimmed"] for r in rows)}
+    metrics = {**summarize(rows, settings), "student": settings.get("student"), "items": settings["items"]}
+    metrics["name"] = f"{settings['name']} (partial: {len(rows)}/{len(settings['items'])})"
+    return metrics
 
 
-_REPORT_COLUMNS = ("name", "mode", "student", "retriever", "n_docs", "decoding", "n", "accuracy", "invalid_rate",
-                   "trimmed_prompts")
+_REPORT_COLUMNS = ("name", "mode", "student", "retriever", "n_docs", "decoding", "answer_scoring", "n", "accuracy",
+                   "invalid_rate", "forced_rate", "contradiction_rate", "trimmed_prompts")
 
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -426,28 +547,45 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
 
     Raises:
         ArtifactError: a folder without ``metrics.json``.
+
+    Runs over different question sets are still tabulated, but the table gets a warning line (and a
+    ``UserWarning`` is issued): their accuracies are not comparable.
     """
-    rows = []
+    import warnings
+
+    rows, question_sets = [], []
     for d in run_dirs:
         path = Path(d) / METRICS
         if path.is_file():
             rows.append(json.loads(path.read_text(encoding="utf-8")))
+            question_sets.append(tuple(json.loads((Path(d) / SETTINGS).read_text(encoding="utf-8"))["items"])
+                                 if (Path(d) / SETTINGS).is_file() else None)
         elif (Path(d) / PREDICTIONS).is_file() and (Path(d) / SETTINGS).is_file():
             rows.append(_partial_metrics(Path(d)))
+            question_sets.append(None)  # partial: marked in its name already
         else:
             raise ArtifactError(f"{d}: no {METRICS} (run `kardlite eval` first, or let it finish)")
     out = Path(out)
+    notes = []
+    finished = {q for q in question_sets if q is not None}
+    if len(finished) > 1 or any(q is None for q in question_sets):
+        counts = ", ".join(f"{r['name']}: {r['n']}" for r in rows)
+        notes.append(f"> Warning: these runs are not over the same questions ({counts}); their accuracies are not "
+                     "directly comparable.")
+        warnings.warn(notes[-1][2:], UserWarning, stacklevel=2)
 
     def cell(row: dict[str, Any], col: str) -> str:
         value = row.get(col)
         if value is None:
             return "-"
-        if col in ("accuracy", "invalid_rate"):
+        if col in ("accuracy", "invalid_rate", "forced_rate", "contradiction_rate"):
             return f"{100 * value:.1f}%"
         return str(value)
 
     lines = ["| " + " | ".join(_REPORT_COLUMNS) + " |", "|" + "---|" * len(_REPORT_COLUMNS)]
     lines += ["| " + " | ".join(cell(r, c) for c in _REPORT_COLUMNS) + " |" for r in rows]
+    if notes:
+        lines += ["", *notes]
     atomic_write_text(out, "\n".join(lines) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(_REPORT_COLUMNS), extrasaction="ignore")

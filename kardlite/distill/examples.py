@@ -24,10 +24,48 @@ from kardlite._io import atomic_write_json, iter_jsonl, sha256_file, write_jsonl
 from kardlite.data.rationales import read_kept_rationales  # noqa: F401 (re-exported; its home is kardlite.data)
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
-from kardlite.prompts import MODES, Mode
+from kardlite.prompts import KNOWLEDGE_MODES, MODES, Mode
 
 Retriever = Literal["bm25", "dense", "hybrid"]
 RETRIEVERS: tuple[str, ...] = ("bm25", "dense", "hybrid")
+Select = Literal["first", "shortest", "random"]
+SELECTS: tuple[str, ...] = ("first", "shortest", "random")
+
+
+def select_rationales(kept: Sequence[tuple[int, str]], n: int | None, how: Select = "first", *, seed: int = 42,
+                      key: str = "") -> list[tuple[int, str]]:
+    """Choose which kept rationales of one question train the student.
+
+    Args:
+        kept: (rationale index, text) pairs, index order.
+        n: how many to keep; None keeps all.
+        how: ``first`` (lowest index: the teacher's sampling order), ``shortest`` (fewest characters: shorter
+            targets train faster and are cut less; ties by index) or ``random`` (seeded by ``seed`` and ``key``,
+            so the choice does not change when other questions are added).
+        seed, key: for ``random``; pass the question id as ``key``.
+
+    Returns:
+        The chosen pairs, in index order.
+
+    Example:
+        >>> select_rationales([(0, "a long one"), (1, "short"), (2, "mid size")], 2, "shortest")
+        [(1, 'short'), (2, 'mid size')]
+    """
+    if how not in SELECTS:
+        raise InputError(f"unknown selection {how!r}; choose from {SELECTS}", field="select")
+    if n is None or n >= len(kept):
+        return list(kept)
+    if how == "first":
+        chosen = list(kept[:n])
+    elif how == "shortest":
+        chosen = sorted(kept, key=lambda pair: (len(pair[1]), pair[0]))[:n]
+    else:
+        import hashlib
+        import random
+
+        rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
+        chosen = rng.sample(list(kept), n)
+    return sorted(chosen)
 
 def _passage_row(hit: Any) -> dict[str, Any]:
     # A kb Hit is a dict; a Passage is a dataclass. Keep what the prompt and an audit need.
@@ -47,12 +85,16 @@ def build_examples(
     retriever: Retriever = "bm25",
     max_items: int | None = None,
     per_item: int | None = None,
+    select: Select = "first",
+    seed: int = 42,
     kb_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Build FT, RD or KARD training examples from questions and their kept rationales.
+    """Build FT, RD, KARD or KA-FT training examples from questions and their kept rationales.
 
-    Questions without a kept rationale drop out (for FT too, so the three students see the same questions).
-    FT gives one example per question; RD and KARD one per kept rationale.
+    Questions without a kept rationale drop out (for FT too, so every student sees the same questions).
+    FT gives one example per question; RD, KARD and KA-FT one per chosen rationale. KA-FT rows are KARD rows
+    (passages retrieved with the rationale) whose target is the answer alone: the two differ only by the
+    rationale, so comparing them shows what the rationale adds to the passages.
 
     Args:
         items: the training questions (with gold labels).
@@ -62,7 +104,9 @@ def build_examples(
         k: passages kept per rationale (``kard``).
         retriever: ``bm25`` (the paper's), ``dense`` or ``hybrid``.
         max_items: keep only the first N questions (task order) that have a kept rationale.
-        per_item: keep only the first M kept rationales of each question (lowest index first).
+        per_item: keep M kept rationales of each question (None: all), chosen by ``select``.
+        select: ``first``, ``shortest`` or ``random`` (see ``select_rationales``).
+        seed: for ``select="random"``.
         kb_path: recorded in the provenance.
 
     Returns:
@@ -77,8 +121,8 @@ def build_examples(
         raise InputError(f"unknown mode {mode!r}; choose from {MODES}", field="mode")
     if retriever not in RETRIEVERS:
         raise InputError(f"unknown retriever {retriever!r}; choose from {RETRIEVERS}", field="retriever")
-    if mode == "kard" and kb is None:
-        raise ArtifactError("mode 'kard' needs a knowledge base (build one with `kardlite kb build`)")
+    if mode in KNOWLEDGE_MODES and kb is None:
+        raise ArtifactError(f"mode {mode!r} needs a knowledge base (build one with `kardlite kb build`)")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}", field="k")
 
@@ -87,7 +131,7 @@ def build_examples(
         if item.id not in rationales:
             continue
         _check_item(item)
-        kept = rationales[item.id][:per_item] if per_item else rationales[item.id]
+        kept = select_rationales(rationales[item.id], per_item, select, seed=seed, key=item.id)
         chosen.append((item, kept))
         if max_items and len(chosen) >= max_items:
             break
@@ -104,11 +148,11 @@ def build_examples(
 
     pairs = [(item, index, text) for item, kept in chosen for index, text in kept]
     hits_per_pair: list[list[Any]] = [[] for _ in pairs]
-    if mode == "kard":
+    if mode in KNOWLEDGE_MODES:
         # The query is the rationale text only: the answer line is not part of it.
         hits_per_pair = kb.search_many([text for _, _, text in pairs], k, retriever=retriever)
     provenance = {"query": "rationale", "retriever": retriever, "k": k,
-                  "kb": str(kb_path) if kb_path is not None else None} if mode == "kard" else None
+                  "kb": str(kb_path) if kb_path is not None else None} if mode in KNOWLEDGE_MODES else None
     for (item, index, text), hits in zip(pairs, hits_per_pair, strict=True):
         rows.append({"mode": mode, "item_id": item.id, "rationale_index": index, "item": item.to_dict(),
                      "rationale": text, "passages": [_passage_row(h) for h in hits], "retrieval": provenance})

@@ -55,7 +55,14 @@ class StudentTrainConfig:
     seed: int = 42
     # --- sequence budget: the same budget is used at inference (stored with the model) ---
     max_source_tokens: int = 512
-    max_target_tokens: int = 256  # longer rationales are cut (counted in the manifest)
+    # None: taken from the data, the smallest budget that cuts at most 1% of training targets (the rationale is
+    # cut, never the answer line). Generation at test time gets a cap above the longest training target.
+    max_target_tokens: int | None = None
+    # --- throughput on a CPU (bench/train_speed.py measures each; none changes what is learnt) ---
+    group_by_length: bool = True  # batches of similar length: less padding (order still seeded and shuffled)
+    max_batch_tokens: int | None = 2048  # split a micro-batch so no forward pass holds more tokens (memory)
+    freeze_layers: int = 0  # train (LoRA or full) only decoder layers >= N: no backward through the lower ones
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     # --- adapter: LoRA on every linear projection of attention and MLP (not the LM head) ---
     lora: bool = True  # False = full fine-tuning
     lora_r: int = 16
@@ -66,6 +73,7 @@ class StudentTrainConfig:
     dev_fraction: float = 0.05  # of questions (never of rationales) held out for the dev loss
     eval_every: int = 0  # dev loss every N steps; 0 = only at the end
     save_every: int = 25  # checkpoint every N steps (and at the end)
+    snapshot_every: int = 0  # keep the trainable weights every N steps in snapshots/ (learning curves); 0 = never
     log_every: int = 1
     use_chat_template: bool | None = None  # None: the student's default (its chat template if it has one)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the manifest
@@ -77,33 +85,62 @@ class _Feature:
     labels: list[int]  # decoder: -100 over the prompt; seq2seq: target ids only
     item_id: str
 
+    @property
+    def n_target(self) -> int:
+        return sum(1 for t in self.labels if t != -100)
+
 
 # ----------------------------------------------------------------------------- data
 
 
-def _featurize(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, stats: dict[str, int]) -> _Feature:
+def _encode_row(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, stats: dict[str, int]
+                ) -> tuple[list[int], str, list[int]]:
+    """(prompt ids, target text, target ids) for one example, the prompt within ``max_source_tokens``."""
     from kardlite.kb.passage import Passage
 
     passages = [Passage(id=p["id"], title=p.get("title", ""), text=p["text"]) for p in row.get("passages") or []]
     prompt = student.prompt(row["item"], row["mode"], passages=passages, rationale=row.get("rationale"),
                             with_target=True, max_tokens=cfg.max_source_tokens)
     stats["trimmed_prompts"] += int(prompt.trimmed)
-    src = student.encode(prompt.text)
     target = prompt.target or ""
     tgt = student.encode(target)
-    eos = [student.tokenizer.eos_token_id] if student.kind == "seq2seq" and student.tokenizer.eos_token_id is not None \
-        else []
-    if len(tgt) + len(eos) > cfg.max_target_tokens:
+    if student.kind == "seq2seq" and student.tokenizer.eos_token_id is not None:
+        tgt = [*tgt, student.tokenizer.eos_token_id]
+    return student.encode(prompt.text), target, tgt
+
+
+def target_budget(lengths: list[int], max_cut: float = 0.01) -> int:
+    """The smallest target budget that cuts at most ``max_cut`` of the targets (whose token counts are given).
+
+    Example:
+        >>> target_budget([10] * 99 + [50])
+        10
+        >>> target_budget([10] * 98 + [50, 60])
+        50
+    """
+    if not lengths:
+        return 1
+    ordered = sorted(lengths)
+    allowed = math.floor(max_cut * len(ordered))  # targets that may be cut
+    return ordered[len(ordered) - 1 - allowed]
+
+
+def _featurize(student: Student, encoded: tuple[list[int], str, list[int]], item_id: str, budget: int,
+               stats: dict[str, int]) -> _Feature:
+    src, target, tgt = encoded
+    eos = tgt[-1:] if student.kind == "seq2seq" and student.tokenizer.eos_token_id is not None else []
+    body = tgt[:len(tgt) - len(eos)]
+    if len(tgt) > budget:
         # Cut the rationale, never the closing answer line: the student must learn to end with "Answer: X".
         stats["truncated_targets"] += 1
         cut = target.rfind("\nAnswer:")
         tail = student.encode(target[cut:]) if cut > 0 else []
-        keep = max(cfg.max_target_tokens - len(tail) - len(eos), 0)
-        tgt = student.encode(target[:cut])[:keep] + tail if cut > 0 else tgt[:keep]
-    tgt = tgt + eos
+        keep = max(budget - len(tail) - len(eos), 0)
+        body = student.encode(target[:cut])[:keep] + tail if cut > 0 else body[:keep]
+    tgt = body + eos
     if student.kind == "seq2seq":
-        return _Feature(src, tgt, row["item_id"])
-    return _Feature(src + tgt, [-100] * len(src) + tgt, row["item_id"])
+        return _Feature(src, tgt, item_id)
+    return _Feature(src + tgt, [-100] * len(src) + tgt, item_id)
 
 
 def _collate(feats: list[_Feature], student: Student) -> dict[str, Any]:
@@ -190,11 +227,53 @@ def _dev_loss(model: Any, feats: list[_Feature], student: Student, batch_size: i
     return total / max(count, 1)
 
 
-def _micro_batches(n_examples: int, epoch: int, cfg: StudentTrainConfig) -> list[list[int]]:
-    """The fixed, seeded order of micro-batches for one epoch (so a resumed run sees the same data)."""
-    order = list(range(n_examples))
-    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-    return [order[i:i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
+def _micro_batches(lengths: list[int], epoch: int, cfg: StudentTrainConfig) -> list[list[int]]:
+    """The fixed, seeded order of micro-batches for one epoch (so a resumed run sees the same data).
+
+    With ``group_by_length``, the shuffled examples are taken in chunks of 50 micro-batches, each chunk sorted by
+    length and cut into micro-batches, and the micro-batches shuffled again: batches hold rows of similar length
+    (little padding) while the data order stays random.
+    """
+    rng = random.Random(cfg.seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not cfg.group_by_length:
+        return [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    chunk = cfg.batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + cfg.batch_size] for i in range(0, len(part), cfg.batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _split_by_tokens(feats: list[_Feature], max_tokens: int | None) -> list[list[_Feature]]:
+    """Cut a micro-batch (sorted by length) into forward passes of at most ``max_tokens`` padded tokens each."""
+    if not max_tokens:
+        return [feats]
+    parts: list[list[_Feature]] = []
+    current: list[_Feature] = []
+    for f in sorted(feats, key=lambda f: len(f.input_ids)):
+        longest = max([len(f.input_ids), *(len(g.input_ids) for g in current)])
+        if current and longest * (len(current) + 1) > max_tokens:
+            parts.append(current)
+            current = []
+        current.append(f)
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _freeze_lower_layers(model: Any, n: int) -> None:
+    """Stop gradients below decoder layer ``n`` (LoRA or full fine-tuning): backward then ends there."""
+    import re as _re
+
+    pattern = _re.compile(r"\.layers\.(\d+)\.")
+    for name, param in model.named_parameters():
+        match = pattern.search(name)
+        if param.requires_grad and (match is None or int(match.group(1)) < n):
+            param.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -237,10 +316,67 @@ def _load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, expe
     return state
 
 
+SNAPSHOTS = "snapshots"
+
+
+def _save_snapshot(out: Path, model: Any, step: int) -> None:
+    """The trainable weights at ``step`` (LoRA adapters: a few MB), for a learning curve (``snapshot_model``)."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(out / SNAPSHOTS / f"step-{step:06d}") as tmp:
+        save_file({k: v.contiguous() for k, v in _trainable_state(model).items()}, str(tmp / "trainable.safetensors"))
+
+
+def list_snapshots(run_dir: str | Path) -> list[int]:
+    """Steps with a saved snapshot in a training run, ascending."""
+    folder = Path(run_dir) / SNAPSHOTS
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("step-*") if (p / "trainable.safetensors").is_file())
+
+
+def snapshot_model(run_dir: str | Path, step: int, out_dir: str | Path) -> Path:
+    """A plain merged student folder (like ``model/``) from the snapshot at ``step`` of a run; reused if present.
+
+    Raises:
+        ArtifactError: no such snapshot, or a run without ``run_info.json``.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (out_dir / STUDENT_FILE).is_file():
+        return out_dir
+    weights = run_dir / SNAPSHOTS / f"step-{step:06d}" / "trainable.safetensors"
+    if not weights.is_file() or not (run_dir / "run_info.json").is_file():
+        raise ArtifactError(f"{weights}: no snapshot (train with snapshot_every) or no run_info.json beside it")
+    run = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8"))
+    cfg = StudentTrainConfig(**run["config"])
+    student = load_student(cfg.student, use_chat_template=cfg.use_chat_template)
+    model = student.model
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        task = "SEQ_2_SEQ_LM" if student.kind == "seq2seq" else "CAUSAL_LM"
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=cfg.lora_targets, task_type=task))
+    state = load_file(str(weights))
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in state.items():
+            params[name].copy_(value)
+    if cfg.lora:
+        model = model.merge_and_unload()
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        student.tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / STUDENT_FILE, {**run["student"], "snapshot_step": step})
+    return out_dir
+
+
 def _write_curve(out: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_json(out / "loss_curve.json", history)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "lr", "train_loss", "dev_loss", "seconds"],
+    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "lr", "train_loss", "dev_loss", "seconds", "tokens",
+                                             "padded_tokens", "target_tokens"],
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
@@ -292,8 +428,15 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
     student = load_student(cfg.student, use_chat_template=cfg.use_chat_template)
     train_rows, dev_rows = split_by_question(rows, cfg.dev_fraction, cfg.seed)
     stats = {"trimmed_prompts": 0, "truncated_targets": 0}
-    train_feats = [_featurize(student, r, cfg, stats) for r in train_rows]
-    dev_feats = [_featurize(student, r, cfg, {"trimmed_prompts": 0, "truncated_targets": 0}) for r in dev_rows]
+    train_enc = [_encode_row(student, r, cfg, stats) for r in train_rows]
+    dev_enc = [_encode_row(student, r, cfg, {"trimmed_prompts": 0}) for r in dev_rows]
+    target_lengths = [len(e[2]) for e in train_enc]
+    budget = cfg.max_target_tokens or target_budget(target_lengths)
+    train_feats = [_featurize(student, e, r["item_id"], budget, stats) for e, r in zip(train_enc, train_rows,
+                                                                                        strict=True)]
+    dev_feats = [_featurize(student, e, r["item_id"], budget, {"truncated_targets": 0})
+                 for e, r in zip(dev_enc, dev_rows, strict=True)]
+    lengths = [len(f.input_ids) for f in train_feats]
 
     # model: LoRA adapters (default) or every weight
     model = student.model
@@ -307,6 +450,12 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         task = "SEQ_2_SEQ_LM" if student.kind == "seq2seq" else "CAUSAL_LM"
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=cfg.lora_targets, task_type=task))
+    if cfg.freeze_layers:
+        _freeze_lower_layers(model, cfg.freeze_layers)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -323,7 +472,7 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
 
     # resume
     # A checkpoint resumes only the same data and the same hyper-parameters; the run length may change.
-    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra"}
+    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra", "snapshot_every"}
     expect = {"examples_sha256": examples_sha, "config": {k: v for k, v in asdict(cfg).items() if k not in free}}
     state = _load_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, expect)
     if state is None:
@@ -332,6 +481,14 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         print(f"resuming from step {state['step']} of {total_steps}")
     history: list[dict[str, Any]] = state["history"]
 
+    # How to prompt and decode this student, used by eval, export and the runtime unless overridden: the same
+    # source budget and passage count as in training, and a generation cap above the longest training target.
+    info = {"kind": student.kind, "mode": mode, "base": student.name, "max_source_tokens": cfg.max_source_tokens,
+            "max_target_tokens": budget, "max_new_tokens": max(target_lengths, default=budget) + 16,
+            "n_docs": _n_docs(rows), "use_chat_template": student.use_chat_template}
+    if accelerator.is_main_process:
+        atomic_write_json(out / "run_info.json", {"student": info, "config": asdict(cfg)})
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {mode}", disable=not accelerator.is_main_process)
@@ -339,7 +496,7 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
     while state["step"] < total_steps:
         step = state["step"]
         epoch, slot = divmod(step, steps_per_epoch)
-        batches = _micro_batches(len(train_feats), epoch, cfg)
+        batches = _micro_batches(lengths, epoch, cfg)
         window = batches[slot * cfg.grad_accum * world:(slot + 1) * cfg.grad_accum * world]
         mine = window[rank::world] or window[:1]  # the last window of an epoch may be short
         feats = [[train_feats[i] for i in mb] for mb in mine]
@@ -347,9 +504,12 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         n_window = sum(1 for mb in feats for f in mb for t in f.labels if t != -100)
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout noise depends on the step only: exact resume
         loss_total = 0.0
-        for j, mb in enumerate(feats):
-            batch = {k: v.to(accelerator.device) for k, v in _collate(mb, student).items()}
-            sync = j == len(feats) - 1
+        passes = [part for mb in feats for part in _split_by_tokens(mb, cfg.max_batch_tokens)]
+        n_real = sum(len(f.input_ids) for part in passes for f in part)
+        n_padded = sum(len(part) * max(len(f.input_ids) for f in part) for part in passes)
+        for j, part in enumerate(passes):
+            batch = {k: v.to(accelerator.device) for k, v in _collate(part, student).items()}
+            sync = j == len(passes) - 1
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                 loss, _ = _loss_sum(model, batch, student.kind)
                 loss = loss / max(n_window, 1)
@@ -366,7 +526,8 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
 
         record: dict[str, Any] = {"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4),
                                   "lr": scheduler.get_last_lr()[0], "train_loss": round(loss_total, 5),
-                                  "seconds": round(time.time() - started, 2)}
+                                  "seconds": round(time.time() - started, 2), "tokens": n_real,
+                                  "padded_tokens": n_padded, "target_tokens": n_window}
         last = state["step"] == total_steps
         if (cfg.eval_every and state["step"] % cfg.eval_every == 0) or last:
             record["dev_loss"] = _dev_loss(model, dev_feats, student, cfg.batch_size, accelerator.device)
@@ -376,6 +537,8 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
                 _write_curve(out, history)
             if state["step"] % cfg.save_every == 0 or last:
                 _save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            if cfg.snapshot_every and (state["step"] % cfg.snapshot_every == 0 or last):
+                _save_snapshot(out, accelerator.unwrap_model(model), state["step"])
         if on_step is not None:
             on_step(state["step"], loss_total)
     bar.close()
@@ -387,8 +550,6 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         final = final.merge_and_unload()
     if accelerator.is_main_process:
         train_losses = [h["train_loss"] for h in history]
-        info = {"kind": student.kind, "mode": mode, "base": student.name, "max_source_tokens": cfg.max_source_tokens,
-                "max_target_tokens": cfg.max_target_tokens, "use_chat_template": student.use_chat_template}
         with atomic_dir(out / "model") as tmp:
             final.save_pretrained(tmp, safe_serialization=True)
             student.tokenizer.save_pretrained(tmp)
@@ -413,11 +574,22 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
     return out / "model"
 
 
+def _n_docs(rows: list[dict[str, Any]]) -> int | None:
+    """Passages per training prompt (the retrieval k the examples were built with), for knowledge modes."""
+    ks = [len(r.get("passages") or []) for r in rows if r["mode"] in ("kard", "ka-ft")]
+    return max(ks) if ks else None
+
+
 def check_config(cfg: StudentTrainConfig) -> None:
     """Reject settings that cannot work, with the field named."""
-    for name in ("lr", "batch_size", "grad_accum", "max_source_tokens", "max_target_tokens", "save_every"):
+    for name in ("lr", "batch_size", "grad_accum", "max_source_tokens", "save_every"):
         if getattr(cfg, name) <= 0:
             raise InputError(f"must be positive, got {getattr(cfg, name)}", field=name)
+    for name in ("max_target_tokens", "max_batch_tokens"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise InputError(f"must be positive (or None), got {getattr(cfg, name)}", field=name)
+    if cfg.freeze_layers < 0:
+        raise InputError(f"must be >= 0, got {cfg.freeze_layers}", field="freeze_layers")
     if cfg.max_steps is not None and cfg.max_steps <= 0:
         raise InputError(f"must be positive, got {cfg.max_steps}", field="max_steps")
     if not 0 <= cfg.dev_fraction < 1:

@@ -91,8 +91,83 @@ def test_kard_generation_with_retrieval_hook_and_self_consistency(tmp_path, tiny
         assert len(r["outputs"]) == 3 and len(r["votes"]) == 3
         assert [p["id"] for p in r["passages"]] == ["p0", "p1"] and "fact 0 about" in r["prompt"]
         assert r["invalid"] == (r["prediction"] is None)
-    # a random tiny model writes no "Answer: X" in 6 tokens: every question is invalid and wrong
-    assert m["invalid_rate"] == 1.0 and m["accuracy"] == 0.0
+    # a random tiny model writes no "Answer: X" in 6 tokens: every answer is forced (read by letter likelihood
+    # after "<output>\nAnswer:"), none is invalid, and the forced letter is the likelihood's argmax
+    assert m["forced_rate"] == 1.0 and m["invalid_rate"] == 0.0 and m["samples"] == 3
+    for r in rows:
+        assert r["forced"] and all(v in "ABCD" for v in r["votes"])
+    from kardlite.distill.evaluate import score_letters
+
+    row = rows[0]
+    prompt_ids = student.encode(row["prompt"])
+    cont = prompt_ids + student.encode(row["outputs"][0].rstrip() + "\nAnswer:")
+    (scores,) = score_letters(student, [cont], [4])
+    assert row["votes"][0] == "ABCD"[max(range(4), key=scores.__getitem__)]
+
+
+def test_answers_read_as_option_text_and_contradictions_counted(tiny_llama_dir):
+    from kardlite.data.records import QAItem
+    from kardlite.distill.evaluate import _read_answers
+
+    student = load_student(tiny_llama_dir)
+    yes_no = QAItem("s1", "Is the sun a star?", ("yes", "no"), 0)
+    outputs = [["The sun is a star. Therefore, the answer is yes.",
+                "At first the answer is (B) no, but the sun is a star.\nAnswer: A",
+                "The sun shines and shines"]]
+    ids = [student.encode(student.prompt(yes_no, "rd").text)]
+    votes, forced, contradictions = _read_answers(student, [yes_no], ids, outputs, "generated")
+    assert votes[0][:2] == [0, 0] and forced[0] == [False, False, True] and votes[0][2] in (0, 1)
+    assert contradictions == [1]  # the second output states B, then answers A
+    # scoring after the rationale reads every output by likelihood, none counted as forced
+    votes, forced, _ = _read_answers(student, [yes_no], ids, outputs, "text")
+    assert all(v in (0, 1) for v in votes[0]) and forced[0] == [False, False, False]
+
+
+def test_decoding_budget_and_passages_default_to_the_students(tmp_path, tiny_llama_dir):
+    student = load_student(tiny_llama_dir)
+    student.info = {"mode": "kard", "max_new_tokens": 5, "n_docs": 2, "max_source_tokens": 300}
+    calls = []
+
+    def retrieve(item, n_docs):
+        calls.append(n_docs)
+        return [Passage(id=f"p{i}", title="", text=f"fact {i}") for i in range(n_docs)]
+
+    evaluate(student, ITEMS[:2], tmp_path / "k", EvalConfig(batch_size=2), retrieve=retrieve)
+    settings = json.loads((tmp_path / "k" / "eval.json").read_text())
+    assert calls == [2, 2] and settings["max_new_tokens"] == 5 and settings["max_source_tokens"] == 300
+    assert settings["samples"] == 1 and settings["temperature"] is None  # greedy records what it did
+    rows = [json.loads(x) for x in (tmp_path / "k" / "predictions.jsonl").read_text().splitlines()]
+    n_new = [len(student.encode(o)) for r in rows for o in r["outputs"]]
+    assert max(n_new) <= 5
+
+
+def test_ka_ft_scores_with_passages_and_option_text_scoring(tmp_path, tiny_llama_dir):
+    from kardlite.distill.evaluate import score_option_texts
+
+    student = load_student(tiny_llama_dir)
+
+    def retrieve(item, n_docs):
+        return [Passage(id="p0", title="", text="plants release oxygen")]
+
+    m = evaluate(student, ITEMS[:3], tmp_path / "ka", EvalConfig(mode="ka-ft", n_docs=1), retrieve=retrieve)
+    rows = [json.loads(x) for x in (tmp_path / "ka" / "predictions.jsonl").read_text().splitlines()]
+    assert m["invalid"] == 0 and all("plants release oxygen" in r["prompt"] for r in rows)
+    assert all(r["prompt"].endswith("Answer:") and r["outputs"] == [] for r in rows)
+    with pytest.raises(InputError, match="answer_scoring"):
+        evaluate(student, ITEMS[:1], tmp_path / "ka2", EvalConfig(mode="ka-ft", answer_scoring="generated"),
+                 retrieve=retrieve)
+    # option-text scoring: the mean log-likelihood of each option's own tokens after the prompt
+    import torch
+
+    prompt = student.encode(student.prompt(ITEMS[0], "ft").text)
+    (scores,) = score_option_texts(student, [prompt], [ITEMS[0].options])
+    cont = student.encode(" " + ITEMS[0].options[1])
+    with torch.no_grad():
+        logp = torch.log_softmax(student.model(torch.tensor([prompt + cont])).logits[0].float(), -1)
+    expected = float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(cont)) / len(cont))
+    assert len(scores) == 4 and scores[1] == pytest.approx(expected, abs=1e-4)
+    m = evaluate(student, ITEMS[:3], tmp_path / "ft-text", EvalConfig(mode="ft", answer_scoring="text"))
+    assert m["answer_scoring"] == "text" and m["invalid"] == 0
 
 
 def test_kb_retriever_uses_the_linearised_question(tiny_kb):
@@ -134,3 +209,10 @@ def test_bad_inputs_and_report(tmp_path, tiny_llama_dir):
     out = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.md")
     text = out.read_text()
     assert "| a | rd |" in text and "50.0%" in text and (tmp_path / "r.csv").read_text().count("\n") == 3
+    assert "Warning" not in text
+    # runs over different questions are tabulated with a warning, never silently side by side
+    for name, items in (("a", ["q1", "q2"]), ("b", ["q1", "q2", "q3"])):
+        (tmp_path / name / "eval.json").write_text(json.dumps({"items": items}))
+    with pytest.warns(UserWarning, match="not over the same questions"):
+        text = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.md").read_text()
+    assert "Warning: these runs are not over the same questions" in text

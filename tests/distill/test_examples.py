@@ -70,3 +70,39 @@ def test_bad_inputs(tmp_path, tiny_kb):
     missing = tmp_path / "missing.jsonl"
     with pytest.raises(InputError, match="not found"):
         read_kept_rationales(missing)
+
+
+def test_rationale_selection_first_shortest_random():
+    from kardlite.distill.examples import select_rationales
+
+    kept = [(0, "a rather long rationale text"), (1, "short"), (2, "medium text"), (5, "tiny")]
+    assert select_rationales(kept, 2, "first") == [(0, kept[0][1]), (1, "short")]
+    assert select_rationales(kept, 2, "shortest") == [(1, "short"), (5, "tiny")]
+    assert select_rationales(kept, None, "shortest") == kept and select_rationales(kept, 9, "random") == kept
+    picks = {tuple(select_rationales(kept, 2, "random", key=f"q{i}")) for i in range(20)}
+    assert len(picks) > 1  # depends on the question
+    # ...but not on anything else: the same question gets the same pick in any run
+    assert select_rationales(kept, 2, "random", key="q3") == select_rationales(kept, 2, "random", key="q3")
+    assert all(list(p) == sorted(p) for p in picks)
+    with pytest.raises(InputError, match="select"):
+        select_rationales(kept, 1, "longest")
+
+
+def test_ka_ft_rows_are_kard_rows_with_the_answer_alone(tmp_path, tiny_kb):
+    from kardlite.prompts import build_prompt
+
+    kept = read_kept_rationales(write_rationales(tmp_path / "kept.jsonl"))
+    kard = build_examples(ITEMS, kept, "kard", kb=tiny_kb, k=2, per_item=1, select="shortest")
+    kaft = build_examples(ITEMS, kept, "ka-ft", kb=tiny_kb, k=2, per_item=1, select="shortest")
+    assert [(r["item_id"], r["rationale_index"], r["passages"]) for r in kard] == \
+           [(r["item_id"], r["rationale_index"], r["passages"]) for r in kaft]
+    assert kard[0]["rationale_index"] == 1  # q1's second rationale is the shorter one
+    out = save_examples(kaft, tmp_path / "kaft.jsonl")
+    row = read_examples(out)[0]
+    from kardlite.kb.passage import Passage
+
+    passages = [Passage(id=p["id"], title="", text=p["text"]) for p in row["passages"]]
+    prompt = build_prompt(row["item"], "ka-ft", passages=passages, rationale=row["rationale"], with_target=True)
+    assert "Knowledge:" in prompt.text and prompt.text.endswith("Answer:") and prompt.target == " A"
+    with pytest.raises(ArtifactError, match="knowledge base"):
+        build_examples(ITEMS, kept, "ka-ft")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from kardlite.data.records import QAItem
 from kardlite.distill.examples import build_examples, read_kept_rationales, save_examples
 from kardlite.distill.student import load_student
 from kardlite.distill.train import StudentTrainConfig, split_by_question, train_student
@@ -108,3 +109,77 @@ def test_prompt_budget_is_respected_and_answer_line_survives_target_cut(tmp_path
     assert all(f"{letter}. {opt}" in text for letter, opt in zip("ABCD", row["item"].options, strict=True))
     target = student.tokenizer.decode([t for t in feat.labels if t != -100])
     assert target.rstrip().endswith("Answer: A" + student.tokenizer.eos_token) and len(feat.labels) - n_prompt <= 12
+
+
+def test_target_budget_cuts_at_most_one_percent():
+    from kardlite.distill.train import target_budget
+
+    assert target_budget([10] * 99 + [50]) == 10  # 1 of 100 may be cut
+    assert target_budget([10] * 98 + [50, 60]) == 50
+    assert target_budget(list(range(1, 1001))) == 990
+    lengths = [7, 30, 12, 90, 45] * 40
+    budget = target_budget(lengths)
+    assert sum(n > budget for n in lengths) <= 0.01 * len(lengths) and budget in lengths
+
+
+def test_length_grouped_batches_cover_every_example_once():
+    from kardlite.distill.train import _micro_batches
+
+    lengths = [(i * 37) % 101 for i in range(203)]
+    cfg = StudentTrainConfig(batch_size=8)
+    batches = _micro_batches(lengths, 0, cfg)
+    assert sorted(i for b in batches for i in b) == list(range(203)) and max(map(len, batches)) == 8
+    assert batches == _micro_batches(lengths, 0, cfg) and batches != _micro_batches(lengths, 1, cfg)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    plain = _micro_batches(lengths, 0, StudentTrainConfig(batch_size=8, group_by_length=False))
+    assert spread < 0.5 * sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain)
+
+
+def test_token_capped_passes_and_grouping_do_not_change_what_is_learnt(tmp_path, kard_examples, tiny_llama_dir):
+    # One window split into single-row forward passes gives the same loss and update as one big pass.
+    common = {"max_steps": 2, "batch_size": 7, "lora_dropout": 0.0, "group_by_length": False}
+    whole = _cfg(tiny_llama_dir, max_batch_tokens=None, **common)
+    split = _cfg(tiny_llama_dir, max_batch_tokens=1, **common)
+    train_student(kard_examples, tmp_path / "whole", whole)
+    train_student(kard_examples, tmp_path / "split", split)
+    a = json.loads((tmp_path / "whole" / "loss_curve.json").read_text())
+    b = json.loads((tmp_path / "split" / "loss_curve.json").read_text())
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-4)
+    assert a[0]["tokens"] == b[0]["tokens"] and b[0]["padded_tokens"] == b[0]["tokens"]  # no padding at all
+    assert a[0]["padded_tokens"] > a[0]["tokens"]
+
+
+def test_frozen_lower_layers_stay_put_and_info_records_the_decoding_budget(tmp_path, kard_examples, tiny_llama_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "frozen"
+    model_dir = train_student(kard_examples, out, _cfg(tiny_llama_dir, max_steps=3, max_target_tokens=None,
+                                                       freeze_layers=1, lora=False, lr=1e-2))
+    before = load_file(str(tiny_llama_dir / "model.safetensors"))
+    after = load_file(str(model_dir / "model.safetensors"))
+    assert all((before[k] == after[k]).all() for k in before if ".layers.0." in k)
+    assert any(not (before[k] == after[k]).all() for k in before if ".layers.1." in k)
+    info = json.loads((model_dir / "kardlite_student.json").read_text())
+    rows = [json.loads(x) for x in kard_examples.read_text().splitlines()]
+    student = load_student(tiny_llama_dir)
+    longest = max(len(student.encode(student.prompt(QAItem.from_dict(r["item"]), "kard", rationale=r["rationale"],
+                                                    with_target=True).target)) for r in rows)
+    assert info["n_docs"] == 2 and info["max_new_tokens"] == longest + 16
+    assert info["max_target_tokens"] <= longest
+
+
+def test_snapshots_rebuild_the_model_at_their_step(tmp_path, kard_examples, tiny_llama_dir):
+    import torch
+
+    from kardlite.distill.train import list_snapshots, snapshot_model
+
+    out = tmp_path / "snap"
+    final = train_student(kard_examples, out, _cfg(tiny_llama_dir, max_steps=4, snapshot_every=2, lora_dropout=0.0))
+    assert list_snapshots(out) == [2, 4]
+    rebuilt = snapshot_model(out, 4, tmp_path / "at4")
+    first = snapshot_model(out, 2, tmp_path / "at2")
+    ids = torch.tensor([load_student(final).encode("Question: what do plants release?")])
+    with torch.no_grad():
+        a, b, c = (load_student(p).model(ids).logits for p in (final, rebuilt, first))
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-5)
+    assert json.loads((rebuilt / "kardlite_student.json").read_text())["snapshot_step"] == 4

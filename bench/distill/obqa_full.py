@@ -1,0 +1,381 @@
+"""The full OpenBookQA run: every system on all 500 test questions, from all 4,957 train questions; resumable.
+
+Stages (``--stage all`` runs them in order; each one skips what is already done, so re-running the same command
+after an interruption — a kill, a reboot, the end of a sitting — continues where it stopped):
+
+1. ``data``: the KARD release rationales imported and filtered (the rule filter), the open book as a KB, the
+   example files of every student: the same questions (every train question with a kept rationale), the same
+   chosen rationale per question (``--per-item``/``--select``), KARD and KA-FT with the passages retrieved by
+   that rationale.
+2. ``reranker``: the late-interaction and cross-encoder rerankers at the CPU settings of
+   docs/results/reranker-obqa.md; the better one on OBQA dev (fact1 R@5) is used for ``kard-reranker``.
+3. ``train``: FT, KA-FT, RD and KARD students: same base, order, batch and budget (``--epochs``), with
+   snapshots for the learning curves. Training resumes from its last checkpoint.
+4. ``curves``: dev accuracy of every snapshot on the first ``--dev-limit`` OBQA dev questions.
+5. ``eval``: base, ft, ka-ft, rd, kard-bm25, kard-hybrid, kard-reranker on the test questions.
+6. ``report``: docs/results/obqa-full.md and .json (accuracy, paired-bootstrap 95% CI, McNemar, invalid and
+   forced rates, letters, fact1 shown vs not, curves, training time and tokens/s).
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/distill/obqa_full.py                 # everything, resumable
+    .venv/bin/python bench/distill/obqa_full.py --stage report                    # page from what is done so far
+    .venv/bin/python bench/distill/obqa_full.py --systems ft,kard --stage train   # a part
+
+``--train-limit/--test-limit/--dev-limit/--max-steps/--student`` make a small run (the tests use them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+STUDENTS = ("ft", "ka-ft", "rd", "kard")  # trained, in this order (cheapest first: early rows on the page)
+SYSTEMS = ("base", "ft", "ka-ft", "rd", "kard-bm25", "kard-hybrid", "kard-reranker")
+RERANKERS = {  # CPU settings of docs/results/reranker-obqa.md
+    "late-interaction": ["--kind", "late-interaction", "--dim", "128", "--epochs", "2", "--num-layers", "3",
+                         "--lr", "2e-4", "--head-lr-mult", "10"],
+    "cross-encoder": ["--epochs", "2", "--num-layers", "3", "--lr", "2e-4", "--head-lr-mult", "20"],
+}
+
+
+class Run:
+    """Paths and settings of one full run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir: Path = args.run
+        self.obqa: Path = args.obqa
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.dir / "log.jsonl"
+
+    def cli(self, *argv: str) -> None:
+        """Run one kardlite command (each resumes on its own) and log it."""
+        cmd = [sys.executable, "-m", "kardlite.cli", *argv]
+        print("+ kardlite " + " ".join(argv), flush=True)
+        started = time.time()
+        subprocess.run(cmd, check=True)
+        with open(self.log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"cmd": argv, "seconds": round(time.time() - started, 1), "end": time.time()}) + "\n")
+
+    def split_file(self, name: str, limit: int | None) -> Path:
+        """``Main/<name>.jsonl`` cut to its first ``limit`` questions (the file itself when no limit)."""
+        src = self.obqa / "Main" / f"{name}.jsonl"
+        if not limit:
+            return src
+        dst = self.dir / f"{name}-{limit}.jsonl"
+        if not dst.is_file():
+            dst.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:limit]),
+                           encoding="utf-8")
+        return dst
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_data(run: Run) -> None:
+    a = run.args
+    train = run.split_file("train", a.train_limit)
+    store, filtered, kb = run.dir / "teacher_store", run.dir / "filtered", run.dir / "kb"
+    if not store.exists():
+        gz = run.obqa / "kard_teacher" / "train_rationales.jsonl.gz"
+        if a.train_limit:  # the release file is in train order: its first lines are the first questions
+            with gzip.open(gz, "rt", encoding="utf-8") as fh:
+                lines = [next(fh) for _ in range(a.train_limit)]
+            gz = run.dir / f"rationales-{a.train_limit}.jsonl.gz"
+            with gzip.open(gz, "wt", encoding="utf-8") as fh:
+                fh.writelines(lines)
+        run.cli("rationales", "import", str(gz), "--task", str(train), "--out", str(store), "--quiet")
+    if not (filtered / "kept.jsonl").is_file():
+        run.cli("rationales", "filter", str(store), "--task", str(train), "--out", str(filtered), "--judge", "none",
+                "--quiet")
+    if not (kb / "kb.json").is_file() and not (kb / "manifest.json").is_file() and not kb.exists():
+        subprocess.run([sys.executable, "-c", "from kardlite.kb import KBConfig, KnowledgeBase, read_passages; "
+                        f"KnowledgeBase.build(read_passages({str(run.obqa / 'Main' / 'openbook.txt')!r}), "
+                        f"{str(kb)!r}, config=KBConfig())"], check=True)
+    for mode in STUDENTS:
+        path = run.dir / f"{mode}.jsonl"
+        if not path.is_file():
+            run.cli("distill", "build", "--tasks", str(train), "--rationales", str(filtered / "kept.jsonl"),
+                    "--mode", mode, "--kb", str(kb), "--k", str(a.k), "--retriever", "bm25",
+                    "--per-item", str(a.per_item), "--select", a.select, "--out", str(path))
+
+
+def stage_reranker(run: Run) -> None:
+    a = run.args
+    kb, kept = run.dir / "kb", run.dir / "filtered" / "kept.jsonl"
+    train = run.split_file("train", a.train_limit)
+    for kind, flags in RERANKERS.items():
+        out = run.dir / f"reranker-{kind}"
+        if not (out / "reranker.json").is_file():
+            data = run.dir / "reranker.data"
+            source = ["--data", str(data)] if data.exists() else ["--questions", str(train), "--rationales", str(kept)]
+            extra = ["--max-steps", str(a.max_steps)] if a.max_steps else []
+            run.cli("train", "reranker", "--kb", str(kb), *source, "--out", str(out), *flags, *extra)
+    choice = run.dir / "reranker-choice.json"
+    if not choice.is_file():
+        scores = {kind: _fact1_recall(run, run.dir / f"reranker-{kind}") for kind in RERANKERS}
+        best = max(scores, key=lambda k: scores[k])
+        choice.write_text(json.dumps({"dev_fact1_r5_hybrid_pool20": scores, "chosen": best}) + "\n", encoding="utf-8")
+
+
+def _fact1_recall(run: Run, reranker: Path, pool: int = 20, k: int = 5) -> float:
+    """fact1 recall@k on OBQA dev of a reranker over a hybrid pool (chooses the reranker kind; dev, never test)."""
+    from kardlite.data import load_task
+    from kardlite.kb import KnowledgeBase
+    from kardlite.rerank.model import Reranker
+    from kardlite.rerank.retriever import RerankRetriever
+
+    kb = KnowledgeBase.load(run.dir / "kb")
+    facts = _fact1(run.obqa / "Additional" / "dev_complete.jsonl")
+    items = load_task(run.split_file("dev", run.args.dev_limit))
+    retr = RerankRetriever(kb, Reranker.load(reranker), first_stage="hybrid", pool=pool)
+    hits = 0
+    for item in items:
+        shown = [_norm(p.text) for p in retr.passages(item, k)]
+        hits += facts.get(item.id, "\0") in shown
+    return hits / len(items)
+
+
+def stage_train(run: Run, systems: set[str]) -> None:
+    a = run.args
+    for mode in STUDENTS:
+        if mode not in systems and not any(s.startswith(mode + "-") for s in systems):
+            continue
+        flags = ["--epochs", str(a.epochs), "--batch-size", "8", "--max-source-tokens", "384", "--lr", str(a.lr),
+                 "--save-every", "10", "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0"]
+        if a.max_steps:
+            flags += ["--max-steps", str(a.max_steps)]
+        if a.student:
+            flags += ["--student", a.student]
+        run.cli("train", "student", str(run.dir / f"{mode}.jsonl"), "--out", str(run.dir / f"student-{mode}"), *flags)
+
+
+def _eval_args(run: Run, system: str) -> list[str]:
+    kb = str(run.dir / "kb")
+    if system == "base":
+        return ["--model", run.args.student or "smollm2", "--mode", "ft"]
+    if system in ("ft", "rd"):
+        return ["--model", str(run.dir / f"student-{system}")]
+    if system == "ka-ft":
+        return ["--model", str(run.dir / "student-ka-ft"), "--kb", kb, "--retriever", "bm25"]
+    retriever = system.split("-", 1)[1]
+    out = ["--model", str(run.dir / "student-kard"), "--kb", kb, "--retriever", retriever]
+    if retriever == "reranker":
+        kind = json.loads((run.dir / "reranker-choice.json").read_text(encoding="utf-8"))["chosen"]
+        out += ["--reranker", str(run.dir / f"reranker-{kind}"), "--first-stage", "hybrid", "--pool", "20"]
+    return out
+
+
+def stage_curves(run: Run, systems: set[str]) -> None:
+    from kardlite.distill.train import list_snapshots, snapshot_model
+
+    dev = run.split_file("dev", run.args.dev_limit)
+    for mode in STUDENTS:
+        system = "kard-bm25" if mode == "kard" else mode
+        if system not in systems or not (run.dir / f"student-{mode}" / "manifest.json").is_file():
+            continue
+        for step in list_snapshots(run.dir / f"student-{mode}"):
+            model = snapshot_model(run.dir / f"student-{mode}", step, run.dir / "snapshots" / f"{mode}-{step:06d}")
+            args = _eval_args(run, system)
+            args[args.index("--model") + 1] = str(model)
+            run.cli("eval", *args, "--tasks", str(dev), "--out", str(run.dir / "curves" / f"{system}-{step:06d}"),
+                    "--batch-size", "16")
+
+
+def stage_eval(run: Run, systems: set[str]) -> None:
+    test = run.split_file("test", run.args.test_limit)
+    for system in SYSTEMS:
+        if system not in systems:
+            continue
+        mode = "kard" if system.startswith("kard") else system
+        if system != "base" and not (run.dir / f"student-{mode}" / "manifest.json").is_file():
+            print(f"skip {system}: its student is not trained yet", flush=True)
+            continue
+        run.cli("eval", *_eval_args(run, system), "--tasks", str(test), "--out", str(run.dir / f"eval-{system}"),
+                "--batch-size", "16")
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().strip().strip('"').split())
+
+
+def _fact1(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            out[obj["id"]] = _norm(obj.get("fact1", ""))
+    return out
+
+
+def bootstrap_ci(correct: list[bool], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the accuracy, resampling questions."""
+    import numpy as np
+
+    arr = np.asarray(correct, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, len(arr), size=(n_boot, len(arr)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_bootstrap_ci(a: list[bool], b: list[bool], n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of accuracy(a) - accuracy(b), resampling the same questions for both."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def mcnemar_p(a: list[bool], b: list[bool]) -> float:
+    """Exact two-sided McNemar p-value (binomial test on the discordant pairs)."""
+    from math import comb
+
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
+    facts = _fact1(run.obqa / "Additional" / "test_complete.jsonl")
+    systems: dict[str, Any] = {}
+    correct: dict[str, dict[str, bool]] = {}
+    for system in SYSTEMS:
+        d = run.dir / f"eval-{system}"
+        settings_path, preds = d / "eval.json", d / "predictions.jsonl"
+        if not preds.is_file():
+            continue
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        rows = [json.loads(x) for x in preds.read_text(encoding="utf-8").splitlines() if x.strip()]
+        n_all = len(settings["items"])
+        acc = [r["correct"] for r in rows]
+        lo, hi = bootstrap_ci(acc) if rows else (None, None)
+        shown = [facts.get(r["id"], "\0") in {_norm(p["text"]) for p in r["passages"]} for r in rows]
+        with_fact = [r["correct"] for r, s in zip(rows, shown, strict=True) if s]
+        without = [r["correct"] for r, s in zip(rows, shown, strict=True) if not s]
+        letters: dict[str, int] = {}
+        for r in rows:
+            letters[r["prediction"] or "-"] = letters.get(r["prediction"] or "-", 0) + 1
+        systems[system] = {
+            "n": len(rows), "complete": len(rows) == n_all, "of": n_all,
+            "accuracy": sum(acc) / len(rows) if rows else None, "ci_low": lo, "ci_high": hi,
+            "invalid_rate": sum(r["invalid"] for r in rows) / len(rows) if rows else None,
+            "forced_rate": sum(bool(r.get("forced")) for r in rows) / len(rows) if rows else None,
+            "contradiction_rate": sum(bool(r.get("contradiction")) for r in rows) / len(rows) if rows else None,
+            "letters": dict(sorted(letters.items())),
+            "fact1_shown_rate": sum(shown) / len(rows) if rows and settings.get("n_docs") else None,
+            "accuracy_fact1_shown": sum(with_fact) / len(with_fact) if with_fact and settings.get("n_docs") else None,
+            "accuracy_fact1_not_shown": sum(without) / len(without) if without and settings.get("n_docs") else None,
+            "answer_scoring": settings.get("answer_scoring"), "decoding": settings.get("decoding"),
+            "n_docs": settings.get("n_docs"), "retriever": settings.get("retriever"),
+        }
+        correct[system] = {r["id"]: r["correct"] for r in rows}
+    comparisons = {}
+    kards = [s for s in ("kard-bm25", "kard-hybrid", "kard-reranker") if systems.get(s, {}).get("complete")]
+    best = max(kards, key=lambda s: systems[s]["accuracy"]) if kards else None
+    if best:
+        for other in ("ft", "ka-ft", "rd", "base"):
+            if not systems.get(other, {}).get("complete"):
+                continue
+            ids = sorted(set(correct[best]) & set(correct[other]))
+            a, b = [correct[best][i] for i in ids], [correct[other][i] for i in ids]
+            lo, hi = paired_bootstrap_ci(a, b)
+            comparisons[f"{best} vs {other}"] = {"difference": (sum(a) - sum(b)) / len(ids), "ci_low": lo,
+                                                 "ci_high": hi, "mcnemar_p": mcnemar_p(a, b), "n": len(ids)}
+    training = {}
+    for mode in STUDENTS:
+        curve = run.dir / f"student-{mode}" / "loss_curve.json"
+        if curve.is_file():
+            hist = json.loads(curve.read_text(encoding="utf-8"))
+            manifest = run.dir / f"student-{mode}" / "manifest.json"
+            # "seconds" restarts at 0 in each resumed session: add up the positive steps only.
+            secs = sum(h2["seconds"] - h1["seconds"] for h1, h2 in itertools.pairwise(hist)
+                       if h2["seconds"] >= h1["seconds"])
+            toks = sum(h.get("tokens", 0) for h in hist[1:])
+            training[mode] = {"steps": len(hist), "finished": manifest.is_file(),
+                              "tokens_per_s": toks / secs if secs else None,
+                              "train_seconds": round(secs + (hist[0]["seconds"] if hist else 0), 1),
+                              "first_loss": hist[0]["train_loss"] if hist else None,
+                              "last_loss": hist[-1]["train_loss"] if hist else None}
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for d in sorted((run.dir / "curves").glob("*")) if (run.dir / "curves").is_dir() else []:
+        metrics = d / "metrics.json"
+        if metrics.is_file():
+            system, step = d.name.rsplit("-", 1)
+            m = json.loads(metrics.read_text(encoding="utf-8"))
+            curves.setdefault(system, []).append({"step": int(step), "dev_accuracy": m["accuracy"], "n": m["n"]})
+    result = {"systems": systems, "comparisons": comparisons, "best_kard": best, "training": training,
+              "curves": curves, "settings": {k: str(v) for k, v in vars(run.args).items()}}
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--obqa", type=Path, default=ROOT.parent / "shared" / "data" / "obqa")
+    p.add_argument("--run", type=Path, default=ROOT / "runs" / "obqa-full")
+    p.add_argument("--stage", default="all", choices=["all", "data", "reranker", "train", "curves", "eval", "report"])
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--per-item", type=int, default=1, help="kept rationales per question (the paper: all)")
+    p.add_argument("--select", default="shortest", choices=["first", "shortest", "random"])
+    p.add_argument("--k", type=int, default=3, help="passages per training prompt (and at test: the student's)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--snapshot-every", type=int, default=155, help="steps between learning-curve snapshots")
+    p.add_argument("--student", default=None, help="base student (default: the packaged SmolLM2-135M-Instruct)")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--test-limit", type=int, default=None)
+    p.add_argument("--dev-limit", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--report", type=Path, default=ROOT / "docs" / "results" / "obqa-full.md")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    random.seed(0)
+    run = Run(args)
+    systems = set(args.systems.split(","))
+    unknown = systems - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    stages = ["data", "reranker", "train", "curves", "eval", "report"] if args.stage == "all" else [args.stage]
+    for stage in stages:
+        print(f"== {stage}", flush=True)
+        if stage == "data":
+            stage_data(run)
+        elif stage == "reranker":
+            if "kard-reranker" in systems:
+                stage_reranker(run)
+        elif stage == "train":
+            stage_train(run, systems)
+        elif stage == "curves":
+            stage_curves(run, systems)
+        elif stage == "eval":
+            stage_eval(run, systems)
+        else:
+            result = stage_report(run, args.report)
+            print(json.dumps({k: {m: v.get(m) for m in ("n", "accuracy", "invalid_rate", "forced_rate")}
+                              for k, v in result["systems"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
