@@ -553,22 +553,22 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """
     import warnings
 
-    rows, question_sets = [], []
+    rows, question_sets, partial = [], [], []
     for d in run_dirs:
-        path = Path(d) / METRICS
+        path, settings = Path(d) / METRICS, Path(d) / SETTINGS
         if path.is_file():
             rows.append(json.loads(path.read_text(encoding="utf-8")))
-            question_sets.append(tuple(json.loads((Path(d) / SETTINGS).read_text(encoding="utf-8"))["items"])
-                                 if (Path(d) / SETTINGS).is_file() else None)
-        elif (Path(d) / PREDICTIONS).is_file() and (Path(d) / SETTINGS).is_file():
+            partial.append(False)
+        elif (Path(d) / PREDICTIONS).is_file() and settings.is_file():
             rows.append(_partial_metrics(Path(d)))
-            question_sets.append(None)  # partial: marked in its name already
+            partial.append(True)
         else:
             raise ArtifactError(f"{d}: no {METRICS} (run `kardlite eval` first, or let it finish)")
+        if settings.is_file():
+            question_sets.append(tuple(json.loads(settings.read_text(encoding="utf-8"))["items"]))
     out = Path(out)
     notes = []
-    finished = {q for q in question_sets if q is not None}
-    if len(finished) > 1 or any(q is None for q in question_sets):
+    if len(rows) > 1 and (len(set(question_sets)) > 1 or any(partial)):
         counts = ", ".join(f"{r['name']}: {r['n']}" for r in rows)
         notes.append(f"> Warning: these runs are not over the same questions ({counts}); their accuracies are not "
                      "directly comparable.")
