@@ -39,15 +39,17 @@ BASELINE = {"group_by_length": False, "max_batch_tokens": None, "max_target_toke
 VARIANTS: dict[str, dict[str, object]] = {
     "baseline": BASELINE,
     "group": {**BASELINE, "group_by_length": True},
-    "group+cap": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048},
-    "group+cap+nodrop": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048, "lora_dropout": 0.0},
-    "group+cap+freeze15": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048, "freeze_layers": 15},
-    "default": {},  # StudentTrainConfig's defaults as they are now
+    "group+cap2048": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048},
+    "group+cap2048+nodrop": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048, "lora_dropout": 0.0},
+    "default": {},  # StudentTrainConfig's defaults as they are now: group, cap 1024, no dropout, data budget
+    "default+cap2048": {"max_batch_tokens": 2048},
+    "default+cap512": {"max_batch_tokens": 512},
+    "default+attn-lora": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "default+freeze8": {"freeze_layers": 8},
     "default+freeze15": {"freeze_layers": 15},
     "default+r8-attn": {"lora_r": 8, "lora_alpha": 16, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "default+ckpt": {"gradient_checkpointing": True},
     "full-ft": {"lora": False, "lr": 1e-5},
-    "baseline-nocap-1024": {**BASELINE, "max_batch_tokens": 1024},
 }
 
 
@@ -144,7 +146,8 @@ def _peak_flops() -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--obqa", type=Path, default=ROOT.parent / "shared" / "data" / "obqa")
+    parser.add_argument("--obqa", type=Path,
+                        default=Path(os.environ.get("KARDLITE_OBQA") or ROOT.parent / "shared" / "data" / "obqa"))
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "train-speed")
     parser.add_argument("--shapes", default="kard")
     parser.add_argument("--variants", default=",".join(VARIANTS))

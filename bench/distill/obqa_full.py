@@ -327,12 +327,54 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
               "curves": curves, "settings": {k: str(v) for k, v in vars(run.args).items()}}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out_md.with_name(out_md.stem + ".tables.md").write_text(render_tables(result), encoding="utf-8")
     return result
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def render_tables(result: dict[str, Any]) -> str:
+    """The measured tables as markdown (the page's prose is written around them by hand)."""
+    lines = ["| system | n | accuracy | 95% CI | invalid | forced | contradiction | fact1 shown | acc. fact1 shown / "
+             "not | letters A/B/C/D/- |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in SYSTEMS:
+        r = result["systems"].get(name)
+        if r is None:
+            lines.append(f"| {name} | not run yet | | | | | | | | |")
+            continue
+        n = f"{r['n']}" + ("" if r["complete"] else f" of {r['of']} (running)")
+        ci = f"{_pct(r['ci_low'])}-{_pct(r['ci_high'])}" if r["ci_low"] is not None else "-"
+        letters = "/".join(str(r["letters"].get(k, 0)) for k in "ABCD-")
+        lines.append(f"| {name} | {n} | {_pct(r['accuracy'])} | {ci} | {_pct(r['invalid_rate'])} | "
+                     f"{_pct(r['forced_rate'])} | {_pct(r['contradiction_rate'])} | {_pct(r['fact1_shown_rate'])} | "
+                     f"{_pct(r['accuracy_fact1_shown'])} / {_pct(r['accuracy_fact1_not_shown'])} | {letters} |")
+    if result["comparisons"]:
+        lines += ["", "| comparison | difference | 95% CI (paired bootstrap) | McNemar p | n |",
+                  "|---|---|---|---|---|"]
+        for name, c in result["comparisons"].items():
+            lines.append(f"| {name} | {100 * c['difference']:+.1f} pts | {100 * c['ci_low']:+.1f} to "
+                         f"{100 * c['ci_high']:+.1f} | {c['mcnemar_p']:.3g} | {c['n']} |")
+    if result["training"]:
+        lines += ["", "| student | steps | finished | train time | tokens/s | first / last train loss |",
+                  "|---|---|---|---|---|---|"]
+        for mode, t in result["training"].items():
+            tps = "-" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.0f}"
+            lines.append(f"| {mode} | {t['steps']} | {'yes' if t['finished'] else 'no (running)'} | "
+                         f"{t['train_seconds'] / 60:.0f} min | {tps} | {t['first_loss']} / {t['last_loss']} |")
+    if result["curves"]:
+        lines += ["", "| system | dev accuracy by step |", "|---|---|"]
+        for system, points in result["curves"].items():
+            pts = ", ".join(f"{p['step']}: {_pct(p['dev_accuracy'])}" for p in sorted(points, key=lambda p: p["step"]))
+            lines.append(f"| {system} | {pts} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--obqa", type=Path, default=ROOT.parent / "shared" / "data" / "obqa")
+    p.add_argument("--obqa", type=Path,
+                   default=Path(os.environ.get("KARDLITE_OBQA") or ROOT.parent / "shared" / "data" / "obqa"))
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "obqa-full")
     p.add_argument("--stage", default="all", choices=["all", "data", "reranker", "train", "curves", "eval", "report"])
     p.add_argument("--systems", default=",".join(SYSTEMS))

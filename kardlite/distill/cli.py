@@ -93,13 +93,13 @@ def train_student_cmd(
     max_target_tokens: Annotated[int | None, typer.Option(
         help="Target cap (rationale + answer); default: from the data, cutting at most 1% of targets.")] = None,
     max_batch_tokens: Annotated[int | None, typer.Option(
-        help="Tokens per forward pass; a micro-batch over it is split (same result, less memory).")] = 2048,
+        help="Tokens per forward pass; a micro-batch over it is split (same result, less memory).")] = 1024,
     group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")] = True,
     freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")] = 0,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
     lora_r: Annotated[int, typer.Option()] = 16,
     lora_alpha: Annotated[int, typer.Option()] = 32,
-    lora_dropout: Annotated[float, typer.Option()] = 0.05,
+    lora_dropout: Annotated[float, typer.Option()] = 0.0,
     seed: Annotated[int, typer.Option()] = 42,
     dev_fraction: Annotated[float, typer.Option(help="Share of questions held out for the dev loss.")] = 0.05,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 25,
