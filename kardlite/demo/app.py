@@ -52,7 +52,7 @@ def build(pipe: Pipeline) -> Any:
     gr = _gradio()
     stage = pipe.first_stage
 
-    def ask(question: str, options_text: str, samples: int):
+    def ask(question: str, options_text: str, samples: int, abstain_below: float):
         problem = view.check_input(question, options_text)
         if problem:
             gr.Warning(problem)
@@ -60,7 +60,10 @@ def build(pipe: Pipeline) -> Any:
             return
         shown_html, rationale = "", ""
         try:
-            for event in pipe.stream(question, view.parse_options(options_text) or None, samples=int(samples)):
+            # 0 = always answer; above it, a less confident answer is withheld with its reason
+            threshold = float(abstain_below) or None
+            for event in pipe.stream(question, view.parse_options(options_text) or None, samples=int(samples),
+                                     abstain_below=threshold):
                 if event["type"] == "passages":
                     shown_html = view.passages_html(event["passages"])
                     yield view.answer_markdown(None, streaming=True), "", shown_html, "", ""
@@ -90,6 +93,8 @@ def build(pipe: Pipeline) -> Any:
                     question = gr.Textbox(label="Question", lines=4, elem_id="question")
                     options = gr.Textbox(label="Answer options (optional, one per line)", lines=4, elem_id="options")
                     samples = gr.Slider(1, 5, value=1, step=1, label="Samples (more than 1: majority vote)")
+                    abstain = gr.Slider(0.0, 1.0, value=0.0, step=0.05, elem_id="abstain",
+                                        label="Abstain below confidence (0 = always answer)")
                     go = gr.Button("Ask", variant="primary", elem_id="ask")
                     gr.Examples(view.examples(demo_questions("test")), [question, options], label="Demo test questions",
                                 examples_per_page=6)
@@ -103,8 +108,8 @@ def build(pipe: Pipeline) -> Any:
                         candidates = gr.HTML(elem_id="candidates")
                         timings = gr.Markdown(elem_id="timings")
             outputs = [answer, rationale, passages, candidates, timings]
-            go.click(ask, [question, options, samples], outputs)
-            question.submit(ask, [question, options, samples], outputs)
+            go.click(ask, [question, options, samples, abstain], outputs)
+            question.submit(ask, [question, options, samples, abstain], outputs)
         with gr.Tab("Search the knowledge base"):
             with gr.Row():
                 query = gr.Textbox(label="Query", scale=4, elem_id="kb-query")
@@ -125,12 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--audit-log", default=None, help="append one JSONL record per answer to this file")
     args = parser.parse_args(argv)
     _gradio()  # a missing extra fails here, before minutes of bundle building
     bundle = args.bundle or build_demo_bundle(fast=True if args.fast else None)
     from kardlite.runtime import load
 
-    pipe = load(bundle, threads=args.threads)
+    pipe = load(bundle, threads=args.threads, audit_log=args.audit_log)
     print(f"kardlite demo: {pipe!r}", flush=True)
     build(pipe).queue().launch(server_name=args.host, server_port=args.port, theme=_theme(), footer_links=["settings"],
                                show_error=True)

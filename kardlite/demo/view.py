@@ -69,13 +69,20 @@ def answer_markdown(answer: Mapping[str, Any] | None, *, streaming: bool = False
     """The answer line: the letter and option text, or why there is none, and the vote count when sampling."""
     if answer is None:
         return "*Reading the passages and writing a rationale ...*" if streaming else ""
-    if answer.get("options"):
+    abstention = answer.get("abstention")
+    if abstention:
+        text = f"### Abstained\n{escape(str(abstention.get('reason', '')))}"
+        if abstention.get("withheld"):
+            text += f" (withheld: {escape(str(abstention['withheld']))})"
+    elif answer.get("options"):
         if answer.get("letter"):
             text = f"### Answer: {answer['letter']}. {escape(str(answer.get('answer') or ''))}"
         else:
             text = "### No valid answer\nThe student did not end with `Answer: <letter>` (counted as wrong)."
     else:
         text = f"### Answer\n{escape(str(answer.get('answer') or '(none)'))}"
+    if isinstance(answer.get("confidence"), int | float):
+        text += f"\n\nConfidence **{answer['confidence']:.2f}**"
     votes = answer.get("votes")
     if votes:
         total = sum(votes.values())

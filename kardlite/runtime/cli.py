@@ -21,6 +21,10 @@ def ask(
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap per sample.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    abstain_below: Annotated[float | None, typer.Option(help="Withhold the answer when its confidence (0-1) is "
+                                                             "below this; the reason is printed instead.")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="Append a JSONL audit record of the answer to this file.")]
+    = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the rationale as it is written.")]
     = False,
@@ -30,8 +34,9 @@ def ask(
 
     try:
         # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
-        pipe = load(bundle, threads=threads, warm_reranker=0)
-        kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature}
+        pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log)
+        kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                  "abstain_below": abstain_below}
         answer = None
         for event in pipe.stream(question, option or None, **kwargs):
             if event["type"] == "token" and stream and not as_json:
@@ -51,10 +56,13 @@ def ask(
         typer.echo(answer["rationale"])
     for p in answer["passages"]:
         typer.echo(f"  [{p['rank']}] {p['id']}: {p['title'] or p['text'][:60]}")
-    if answer["options"]:
+    if answer["abstention"]:
+        typer.echo(f"Abstained: {answer['abstention']['reason']}")
+    elif answer["options"]:
         shown = f"{answer['letter']}. {answer['answer']}" if answer["valid"] else "(no valid answer)"
         votes = f"  votes {answer['votes']}" if answer["votes"] else ""
         typer.echo(f"Answer: {shown}{votes}")
+    typer.echo(f"Confidence: {answer['confidence']:.2f}")
     t = answer["timings"]
     typer.echo(f"({t['total']:.2f} s: retrieve {t['retrieve']:.2f}, rerank {t['rerank']:.2f}, "
                f"generate {t['generate']:.2f}; {answer['tokens']['generated']} new tokens)", err=True)

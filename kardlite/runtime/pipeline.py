@@ -20,18 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kardlite._io import read_json, sha256_file
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
-from kardlite.export.bundle import KB_DIR, read_manifest, verify_bundle
+from kardlite.export.bundle import KB_DIR, MANIFEST, read_manifest, verify_bundle
 from kardlite.kb.passage import Hit
 from kardlite.prompts import build_prompt, parse_answer, vote
 from kardlite.rerank.late import WARM_LIMIT
-from kardlite.runtime.types import Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
+from kardlite.runtime.audit import AuditLog, utc_now
+from kardlite.runtime.confidence import Calibrator, raw_confidence, support
+from kardlite.runtime.types import Abstention, Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
 
 # A question longer than this many characters per budget token cannot fit the prompt anyway (English BPE runs
 # 3-5 characters a token); refusing it before tokenising keeps a pasted 100 KB document from costing anything.
 _CHARS_PER_TOKEN_LIMIT = 8
 _ANSWER_LINE = re.compile(r"\s*\bAnswer\s*(?:is)?\s*[:：]", re.IGNORECASE)
+# The text so far ends with an answer line's prefix: the next token is the letter (checked on a short tail only).
+_ANSWER_END = re.compile(r"\bAnswer\s*(?:is)?\s*[:：]\s*$", re.IGNORECASE)
+_TAIL = 24
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,20 @@ class Pipeline:
         'B'
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], kb: Any, reranker: Any, llm: Any) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], kb: Any, reranker: Any, llm: Any, *,
+                 calibrator: Calibrator | None = None, audit: AuditLog | None = None,
+                 manifest_sha256: str | None = None) -> None:
         # Use load(); the constructor only wires loaded parts together.
         self.path = path
         self.manifest = manifest
         self.kb = kb
         self.reranker = reranker
+        self.calibrator = calibrator
+        self.audit = audit
+        self.manifest_sha256 = manifest_sha256
         self._llm = llm
         self._lock = threading.Lock()
+        self._letter_ids: list[list[int]] | None = None
         prompt = manifest["prompt"]
         self.mode: str = prompt["mode"]
         self.max_tokens = int(prompt["max_tokens"])
@@ -84,7 +98,7 @@ class Pipeline:
 
     def ask(self, question: str, options: Sequence[str] | None = None, *, n_docs: int | None = None,
             samples: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
-            seed: int | None = None) -> Answer:
+            seed: int | None = None, abstain_below: float | None = None) -> Answer:
         """Answer one question.
 
         Args:
@@ -97,6 +111,8 @@ class Pipeline:
             temperature: 0 = greedy; default: the bundle's (0 for one sample, ``sample_temperature`` (1.0) for
                 several).
             seed: sampling seed (sample i uses seed + i); default: the bundle's.
+            abstain_below: a threshold in [0, 1]: an answer whose ``confidence`` is below it is withheld
+                (``letter``/``index``/``answer`` None, ``abstention`` says why); None = always answer.
 
         Returns:
             An Answer (see :class:`kardlite.runtime.types.Answer`).
@@ -106,7 +122,7 @@ class Pipeline:
         """
         answer = None
         for event in self.stream(question, options, n_docs=n_docs, samples=samples, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, seed=seed):
+                                 temperature=temperature, seed=seed, abstain_below=abstain_below):
             if event["type"] == "answer":
                 answer = event["answer"]
         assert answer is not None  # stream() always ends with the answer event
@@ -114,7 +130,7 @@ class Pipeline:
 
     def stream(self, question: str, options: Sequence[str] | None = None, *, n_docs: int | None = None,
                samples: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
-               seed: int | None = None) -> Iterator[StreamEvent]:
+               seed: int | None = None, abstain_below: float | None = None) -> Iterator[StreamEvent]:
         """Like :meth:`ask`, but yields events as they happen: the passages, each new piece of text, the Answer.
 
         Yields:
@@ -132,6 +148,10 @@ class Pipeline:
         if not 0.0 <= float(temperature) <= 5.0:
             raise InputError(f"temperature must be between 0 and 5, got {temperature}", field="temperature")
         seed = int(self.decoding.get("seed", 0) if seed is None else seed)
+        if abstain_below is not None and (isinstance(abstain_below, bool) or not isinstance(abstain_below, int | float)
+                                          or not 0.0 <= float(abstain_below) <= 1.0):
+            raise InputError(f"abstain_below must be a number between 0 and 1, got {abstain_below!r}",
+                             field="abstain_below")
 
         # Question and options alone must fit the budget (they are never cut): check before retrieving.
         with self._lock:
@@ -151,6 +171,7 @@ class Pipeline:
         yield StreamEvent(type="passages", passages=passages)
 
         texts: list[str] = []
+        letter_dists: list[np.ndarray] = []  # per sample with an answer line: P(letter) at the letter's position
         generated = 0
         prefill = decode_rate = 0.0
         with self._lock:
@@ -168,7 +189,8 @@ class Pipeline:
             for i in range(samples):
                 out_text = ""
                 n_new, t_first, t_last = 0, None, None
-                for piece, t_tok in self._generate(prompt_ids, max_new, temperature, seed + i):
+                capture: list[np.ndarray] = []
+                for piece, t_tok in self._generate(prompt_ids, max_new, temperature, seed + i, len(opts), capture):
                     if t_first is None:
                         t_first = t_tok
                     t_last = t_tok
@@ -177,6 +199,7 @@ class Pipeline:
                         out_text += piece
                         yield StreamEvent(type="token", text=piece, sample=i)
                 texts.append(out_text)
+                letter_dists.extend(capture)
                 generated += n_new
                 if i == 0:
                     prefill = (t_first - t_gen) if t_first is not None else time.perf_counter() - t_gen
@@ -192,13 +215,21 @@ class Pipeline:
         kept = set(prompt.passage_ids)
         answer.update(passages=[p for p in passages if p["id"] in kept], candidates=candidates, timings=timings,
                       tokens=tokens)
+        self._judge(answer, letter_dists, samples, abstain_below)
+        if self.audit is not None:
+            self.audit.append(self._audit_record(answer, {
+                "n_docs": n_docs, "samples": samples, "max_new_tokens": max_new, "temperature": float(temperature),
+                "seed": seed, "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
+                "abstain_below": abstain_below}))
         yield StreamEvent(type="answer", answer=answer)
 
     def close(self) -> None:
-        """Free the llama.cpp context and the KB's files."""
+        """Free the llama.cpp context and the KB's files, and close the audit log."""
         with self._lock:
             self._llm.close()
             self.kb.close()
+            if self.audit is not None:
+                self.audit.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -257,9 +288,14 @@ class Pipeline:
                             count_tokens=self._count, chat_template=self.chat_template, bos_token=self._bos,
                             eos_token=self._eos)
 
-    def _generate(self, prompt_ids: list[int], max_new: int, temperature: float,
-                  seed: int) -> Iterator[tuple[str, float]]:
-        """(decoded text piece, time) per new token, until an end-of-generation token or ``max_new``."""
+    def _generate(self, prompt_ids: list[int], max_new: int, temperature: float, seed: int, n_letters: int = 0,
+                  capture: list[np.ndarray] | None = None) -> Iterator[tuple[str, float]]:
+        """(decoded text piece, time) per new token, until an end-of-generation token or ``max_new``.
+
+        With ``n_letters`` and ``capture``: whenever the text so far ends with ``Answer:``, the distribution
+        over the first ``n_letters`` letters at the next token replaces ``capture``'s content (so it holds the
+        last answer line's, the one ``parse_answer`` reads).
+        """
         import llama_cpp
 
         llm = self._llm
@@ -269,16 +305,87 @@ class Pipeline:
         sampling: dict[str, Any] = {"temp": 0.0} if temperature == 0 else {
             "temp": float(temperature), "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
             "min_p": 0.0}
+        text = ""
         for n, tok in enumerate(llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling), start=1):
             now = time.perf_counter()
+            # The context's logits are still those this token was sampled from (generate evaluates lazily).
+            if capture is not None and n_letters and _ANSWER_END.search(text[-_TAIL:]):
+                capture[:] = [self._letter_probs(n_letters)]
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
                 break
-            yield decoder.decode(llm.detokenize([tok])), now
+            piece = decoder.decode(llm.detokenize([tok]))
+            text += piece
+            yield piece, now
             if n >= max_new:
                 break
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail, time.perf_counter()
+
+    def _letter_probs(self, n_letters: int) -> np.ndarray:
+        """P(letter) over the first ``n_letters`` letters from the context's last logits (``A`` and `` A``
+        tokens summed), renormalised over those letters."""
+        import llama_cpp
+
+        llm = self._llm
+        if self._letter_ids is None:
+            ids: list[list[int]] = []
+            for letter in LETTERS[:MAX_OPTIONS]:
+                found = {t[0] for form in (letter, " " + letter)
+                         if len(t := llm.tokenize(form.encode(), add_bos=False, special=False)) == 1}
+                ids.append(sorted(found))
+            self._letter_ids = ids
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        per_letter = [logits[ids].astype(np.float64) if ids else np.full(1, -np.inf)
+                      for ids in self._letter_ids[:n_letters]]
+        top = max(float(v.max()) for v in per_letter)
+        mass = np.asarray([np.exp(v - top).sum() for v in per_letter])
+        return mass / mass.sum()
+
+    def _judge(self, answer: Answer, letter_dists: list[np.ndarray], samples: int,
+               abstain_below: float | None) -> None:
+        """Fill the answer's signals and confidence, and withhold it when the confidence is below the threshold."""
+        shown = [p["text"] for p in answer["passages"]]
+        scores = [p["rerank_score"] if p["rerank_score"] is not None else p["first_stage_score"]
+                  for p in answer["passages"]]
+        claim, opt = support(answer["rationale"], answer["answer"] if answer["options"] else None, shown)
+        signals = {"top_score": float(scores[0]) if scores else 0.0,
+                   "score_margin": float(scores[0] - scores[1]) if len(scores) > 1 else 0.0,
+                   "claim_support": claim, "option_support": opt}
+        if answer["options"]:
+            chosen = answer["index"]
+            if chosen is None:
+                letter_prob = vote_share = 0.0
+            else:
+                vote_share = (answer["votes"] or {}).get(answer["letter"] or "", 0) / samples if samples > 1 else 1.0
+                # no answer-line distribution (an "Answer is (B)" form): fall back to the vote, or no opinion
+                letter_prob = (float(np.mean(letter_dists, axis=0)[chosen]) if letter_dists
+                               else (vote_share if samples > 1 else 0.5))
+            signals = {"letter_prob": letter_prob, "vote_share": vote_share} | signals
+            raw = raw_confidence(signals, valid=answer["valid"], samples=samples)
+            confidence = (self.calibrator.predict(signals) if self.calibrator is not None and answer["valid"]
+                          else raw)
+        else:
+            # a free-text answer has no letter to weigh: how much of its reasoning the passages carry
+            raw = confidence = claim if answer["valid"] else 0.0
+        answer.update(confidence=round(float(confidence), 6), confidence_raw=round(float(raw), 6),
+                      signals={k: round(float(v), 6) for k, v in signals.items()}, abstention=None)
+        if abstain_below is not None and (confidence < abstain_below or not answer["valid"]):
+            reason = ("the student wrote no valid answer" if not answer["valid"] else
+                      f"confidence {confidence:.2f} is below the threshold {abstain_below:.2f}")
+            answer["abstention"] = Abstention(reason=reason, threshold=float(abstain_below),
+                                              withheld=answer["letter"] if answer["options"] else answer["answer"])
+            answer.update(letter=None, index=None, answer=None)
+
+    def _audit_record(self, answer: Answer, decoding: dict[str, Any]) -> dict[str, Any]:
+        return {"time": utc_now(), "bundle": str(self.path), "manifest_sha256": self.manifest_sha256,
+                "question": answer["question"], "options": answer["options"],
+                "passages": [{"id": p["id"], "rank": p["rank"], "first_stage_score": p["first_stage_score"],
+                              "rerank_score": p["rerank_score"]} for p in answer["passages"]],
+                "decoding": decoding, "rationale": answer["rationale"], "letter": answer["letter"],
+                "answer": answer["answer"], "valid": answer["valid"], "abstention": answer["abstention"],
+                "confidence": answer["confidence"], "confidence_raw": answer["confidence_raw"],
+                "signals": answer["signals"], "calibrated": self.calibrator is not None}
 
     def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int) -> Answer:
         indices = [parse_answer(t, len(opts), opts) if opts else None for t in texts]
@@ -302,7 +409,8 @@ class Pipeline:
                       samples=list(texts) if samples > 1 else None,
                       timings=Timings(retrieve=0.0, rerank=0.0, prompt=0.0, prefill=0.0, generate=0.0, total=0.0),
                       tokens=TokenCounts(prompt=0, budget=self.max_tokens, generated=0, decode_per_s=0.0,
-                                         passages_trimmed=False))
+                                         passages_trimmed=False),
+                      confidence=0.0, confidence_raw=0.0, signals={}, abstention=None)
 
 
 class _PassageView:
@@ -328,7 +436,7 @@ def _rationale(text: str) -> str:
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int | None = None,
-         warm_reranker: int = WARM_LIMIT) -> Pipeline:
+         warm_reranker: int = WARM_LIMIT, audit_log: str | Path | None = None) -> Pipeline:
     """Open a bundle written by ``export_bundle``.
 
     Args:
@@ -341,6 +449,8 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             candidate: read from the bundle's precomputed passage cache (written by ``export_bundle``), else
             encoded now (1,326 OBQA facts: ~2 s on 2 cores). 0 = never; a larger KB fills the reranker's cache
             as questions come.
+        audit_log: a JSONL file to append one record per answer to (see :mod:`kardlite.runtime.audit`); a torn
+            last line left by a killed process is repaired when it is opened. None = no log.
 
     Returns:
         A ready Pipeline.
@@ -355,6 +465,14 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
     manifest = read_manifest(path)
     if verify:
         verify_bundle(path, manifest)
+    calibrator = None
+    if manifest.get("calibration"):
+        from kardlite.runtime.confidence import CALIBRATION_FILE
+
+        if manifest["calibration"] != CALIBRATION_FILE or CALIBRATION_FILE not in manifest["files"]:
+            raise ArtifactError(f"{path / MANIFEST}: calibration {manifest['calibration']!r} is not a listed "
+                                f"{CALIBRATION_FILE}")
+        calibrator = Calibrator.from_dict(read_json(path / CALIBRATION_FILE), source=str(path / CALIBRATION_FILE))
     for key in ("student", "tokenizer", "prompt", "retrieval", "decoding"):
         if not isinstance(manifest.get(key), dict):
             raise ArtifactError(f"{path / 'manifest.json'}: section {key!r} missing")
@@ -377,4 +495,6 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             reranker.warm(passages, progress=len(passages) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)
-    return Pipeline(path, manifest, kb, reranker, llm)
+    audit = AuditLog(audit_log) if audit_log is not None else None
+    return Pipeline(path, manifest, kb, reranker, llm, calibrator=calibrator, audit=audit,
+                    manifest_sha256=sha256_file(path / MANIFEST))

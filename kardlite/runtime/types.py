@@ -47,10 +47,19 @@ class TokenCounts(TypedDict):
     passages_trimmed: bool  # a passage was dropped or cut to fit the budget
 
 
+class Abstention(TypedDict):
+    """Why an answer was withheld (``ask(..., abstain_below=t)``)."""
+
+    reason: str                   # e.g. "confidence 0.31 is below the threshold 0.50"
+    threshold: float
+    withheld: str | None          # the letter (free text: the answer) that was not given
+
+
 class Answer(TypedDict):
     """The result of :meth:`kardlite.runtime.Pipeline.ask`.
 
-    ``letter``/``index``/``answer`` are None when the student wrote no valid ``Answer: X`` (``valid`` False).
+    ``letter``/``index``/``answer`` are None when the student wrote no valid ``Answer: X`` (``valid`` False),
+    and when the answer was withheld (``abstention`` set; ``valid`` still says whether the student wrote one).
     Without options, ``answer`` is the student's free text and ``letter``/``index`` stay None.
     """
 
@@ -68,6 +77,10 @@ class Answer(TypedDict):
     samples: list[str] | None     # every sampled generation when samples > 1
     timings: Timings
     tokens: TokenCounts
+    confidence: float             # P(correct) in [0, 1]: calibrated when the bundle has a calibrator, else raw
+    confidence_raw: float         # the student's own: P(letter after "Answer:"), with the vote share if sampled
+    signals: dict[str, float]     # what the confidence is built from (kardlite.runtime.confidence)
+    abstention: Abstention | None  # set when the answer was withheld
 
 
 class StreamEvent(TypedDict, total=False):

@@ -56,3 +56,11 @@ def test_model_and_kb_text_is_escaped_and_shown_passages_highlighted() -> None:
     assert "hybrid score" in table
     assert "| total | 2,100 |" in view.timings_markdown(_answer())
     assert "trimmed" in view.timings_markdown(_answer())
+
+
+def test_confidence_and_abstention_are_shown() -> None:
+    assert "Confidence **0.73**" in view.answer_markdown(_answer(confidence=0.734))
+    withheld = view.answer_markdown(_answer(letter=None, answer=None, confidence=0.2, abstention={
+        "reason": "confidence 0.20 is below the threshold 0.50", "threshold": 0.5, "withheld": "B"}))
+    assert withheld.startswith("### Abstained\nconfidence 0.20 is below the threshold 0.50 (withheld: B)")
+    assert "No valid answer" not in withheld
