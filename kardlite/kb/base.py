@@ -172,11 +172,18 @@ class KnowledgeBase:
         if config.dense is not None:
             encoder = _encoder.Encoder(path / _encoder.DIRNAME)
             hnsw = _hnsw.HNSWIndex.load(path / _hnsw.FILENAME, encoder.dim, config.hnsw)
-        expected = manifest.get("counts", {}).get("passages")
+        counts = manifest.get("counts", {})
+        expected = counts.get("passages")
+        # after removals (kardlite.kb.update) the indexes keep a document per row ever used; SQLite only live ones
+        rows = counts.get("rows", expected)
         found = {"passages.sqlite": store.count, "bm25": bm25.count} | ({"hnsw": hnsw.count} if hnsw else {})
-        if any(n != expected for n in found.values()):
+        wanted = {"passages.sqlite": expected, "bm25": rows, "hnsw": rows}
+        if any(n != wanted[k] for k, n in found.items()):
             store.close()
-            raise ArtifactError(f"{path}: inconsistent passage counts {found}, manifest says {expected}")
+            raise ArtifactError(f"{path}: inconsistent passage counts {found}, manifest says {expected} passages "
+                                f"in {rows} rows")
+        if hnsw is not None:
+            hnsw.live = store.count
         return cls(path, manifest, config, store, bm25, encoder, hnsw)
 
     # --- reading ----------------------------------------------------------------------------------------------

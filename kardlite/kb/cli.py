@@ -81,6 +81,44 @@ def build(
 
 
 @app.command()
+def add(
+    source: Annotated[Path, typer.Argument(help="New passages: a fact-per-line file, a JSONL file, or a folder.")],
+    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.")],
+    format: Annotated[Format, typer.Option("--format", help="How to read SOURCE.")] = Format.auto,
+    chunk_words: Annotated[int, typer.Option(help="Folder sources: most words per passage.")] = 200,
+    overlap_words: Annotated[int, typer.Option(help="Folder sources: words repeated between passages.")] = 40,
+    progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bars.")] = False,
+) -> None:
+    """Add the passages of SOURCE to KB (or a bundle's KB) without retraining anything; atomic."""
+    from kardlite.kb import read_passages
+    from kardlite.kb.update import add_passages
+
+    try:
+        passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
+        report = add_passages(kb_path, passages, progress=progress)
+    except KardliteError as err:
+        raise fail(err) from None
+    typer.echo(f"added {report['added']} passages to {report['path']} ({report['passages']} now, "
+               f"{report['encoded']} embedded, {report['seconds']:.2f} s)")
+
+
+@app.command()
+def remove(
+    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.")],
+    ids: Annotated[list[str], typer.Option("--ids", help="A passage id to remove (repeat for several).")],
+) -> None:
+    """Remove passages from KB (or a bundle's KB) by id: marked deleted in every index; atomic."""
+    from kardlite.kb.update import remove_passages
+
+    try:
+        report = remove_passages(kb_path, ids)
+    except KardliteError as err:
+        raise fail(err) from None
+    typer.echo(f"removed {report['removed']} passages from {report['path']} ({report['passages']} left, "
+               f"{report['seconds']:.2f} s)")
+
+
+@app.command()
 def search(
     kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder.")],
     query: Annotated[str, typer.Argument(help="The query text.")],

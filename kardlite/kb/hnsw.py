@@ -19,6 +19,7 @@ class HNSWIndex:
         self._index = index
         self.config = config
         self.count = index.get_current_count()  # type: ignore[attr-defined]
+        self.live = self.count  # fewer after removals (marked deleted); the KB sets it from its passage count
         self._ef = config.ef
         index.set_ef(config.ef)  # type: ignore[attr-defined]
 
@@ -49,7 +50,7 @@ class HNSWIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest documents of each query: (rows, cosine similarities), both (len(queries), k), best first."""
-        k = min(k, self.count)
+        k = min(k, self.live)
         # hnswlib needs ef >= k to return k results.
         ef = max(self.config.ef, k)
         if ef != self._ef:

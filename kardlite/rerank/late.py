@@ -473,6 +473,51 @@ class LateInteractionReranker(Reranker):
         self.cache.put_many(items)
         return len(items)
 
+    def extend_passage_cache(self, path: str | Path, out: str | Path, add: Iterable[PassageLike],
+                             keep: Iterable[PassageLike] | None = None, *, batch_size: int = 64) -> int:
+        """Write to ``out`` the passage cache file at ``path`` with the matrices of ``add`` appended, encoding only
+        those (a knowledge-base update: the passages already there are copied, not re-encoded). With ``keep``,
+        entries whose text is not among ``keep``'s are dropped (removed passages).
+
+        Args:
+            path: an existing file of :meth:`save_passage_cache`, written by these weights.
+            out: the file to write (atomically; may be ``path``).
+            add: the new passages.
+            keep: the passages that stay (e.g. the updated KB); None keeps every entry.
+            batch_size: passages per forward pass.
+
+        Returns:
+            The number of passages encoded.
+
+        Raises:
+            ArtifactError: ``path`` is unreadable, of another format, or was written by other weights.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {k: npz[k] for k in ("vectors", "offsets", "digests", "model", "format")}
+        except (OSError, ValueError, KeyError) as err:
+            raise ArtifactError(f"{path}: not a readable passage cache ({err})") from None
+        if int(data["format"]) != CACHE_FORMAT or str(data["model"]) != self._fingerprint():
+            raise ArtifactError(f"{path}: another cache format or other reranker weights than {self.path}")
+        vectors, offsets, digests = data["vectors"], data["offsets"], data["digests"]
+        wanted = None if keep is None else {_digest(_text_of(p, i)[0]) for i, p in enumerate(keep)}
+        rows = [j for j in range(len(digests)) if wanted is None or digests[j].tobytes() in wanted]
+        have = {digests[j].tobytes() for j in rows}
+        texts = [t for t in dict.fromkeys(_text_of(p, i)[0] for i, p in enumerate(add)) if _digest(t) not in have]
+        fresh = self._encode_passages(texts, batch_size) if texts else {}
+        mats = [vectors[offsets[j]:offsets[j + 1]] for j in rows] + [fresh[t] for t in texts]
+        new_offsets = np.zeros(len(mats) + 1, dtype=np.int64)
+        new_offsets[1:] = np.cumsum([m.shape[0] for m in mats])
+        added = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
+        new_digests = np.concatenate([digests[rows].reshape(-1, 32), added])
+        stacked = np.concatenate(mats).astype(np.float16) if mats else np.zeros((0, self.dim), np.float16)
+        buf = io.BytesIO()
+        np.savez(buf, vectors=stacked, offsets=new_offsets, digests=new_digests, model=data["model"],
+                 format=np.array(CACHE_FORMAT))
+        atomic_write_bytes(out, buf.getvalue())
+        return len(texts)
+
     def _fingerprint(self, known: Mapping[str, str] | None = None) -> str:
         """sha256 over this reranker's weight files (``known`` sha256s by file name are taken as they are): what a
         passage cache file must have been written by."""
