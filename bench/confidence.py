@@ -1,0 +1,234 @@
+"""Confidence and abstention of a bundle: fit the calibrator on dev questions, judge it on test questions.
+
+    python bench/confidence.py BUNDLE --dev DEV_FILE --test TEST_FILE [--samples 1] [--install]
+    python bench/confidence.py BUNDLE --demo                       (the embedded demo task's dev and test splits)
+
+Every question goes through the runtime (``Pipeline.ask``); the answers (signals, raw confidence, right or wrong)
+are appended to a cache file under ``runs/`` so that an interrupted run resumes. The calibrator is fitted on the
+dev answers with a valid letter (an answer without one gets confidence 0 and counts as wrong); on test it reports
+accuracy at 100/80/50 % coverage (answering only the most confident), ECE (10 bins) before and after calibration,
+and draws the risk-coverage curves. Writes ``<out>/<name>.md``, ``.json`` and ``.png``; ``--install`` stores the
+calibrator in the bundle (``calibration.json``, hashed in its manifest), so that ``load`` uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kardlite._io import iter_jsonl
+from kardlite.runtime.confidence import (
+    Calibrator,
+    accuracy_at_coverage,
+    expected_calibration_error,
+    install_calibrator,
+    risk_coverage,
+)
+
+COVERAGES = (1.0, 0.8, 0.5)
+
+
+def _items(args: argparse.Namespace) -> tuple[list[Any], list[Any], str]:
+    if args.demo:
+        from kardlite.demo import demo_questions
+
+        return demo_questions("dev"), demo_questions("test"), "the embedded demo task (kardlite/demo), dev / test"
+    from kardlite.data.loaders import load_task
+
+    if not args.dev or not args.test:
+        sys.exit("give --dev and --test task files, or --demo")
+    return load_task(args.dev), load_task(args.test), f"dev {args.dev}, test {args.test}"
+
+
+def _run(pipe: Any, items: list[Any], split: str, cache: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Answer each item once (cached by id, split and settings: a rerun resumes)."""
+    done: dict[str, dict[str, Any]] = {}
+    if cache.is_file():
+        for _, row in iter_jsonl(cache):
+            if row.get("settings") == settings and row.get("split") == split:
+                done[row["id"]] = row
+    rows = []
+    with cache.open("a", encoding="utf-8") as fh:
+        for n, item in enumerate(items, start=1):
+            if item.id in done:
+                rows.append(done[item.id])
+                continue
+            t = time.perf_counter()
+            ans = pipe.ask(item.question, list(item.options), samples=settings["samples"])
+            row = {"id": item.id, "split": split, "settings": settings, "valid": ans["valid"],
+                   "index": ans["index"], "label": item.label, "correct": ans["index"] == item.label,
+                   "confidence_raw": ans["confidence_raw"], "signals": ans["signals"],
+                   "seconds": round(time.perf_counter() - t, 2)}
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            rows.append(row)
+            print(f"{split} {n}/{len(items)} {item.id}: {'right' if row['correct'] else 'wrong'} "
+                  f"raw {row['confidence_raw']:.2f} ({row['seconds']:.1f} s)", flush=True)
+    return rows
+
+
+def _metrics(conf: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    return {"ece": round(expected_calibration_error(conf, correct), 4),
+            **{f"accuracy_at_{int(c * 100)}": round(accuracy_at_coverage(conf, correct, c), 4) for c in COVERAGES},
+            "mean_confidence": round(float(conf.mean()), 4)}
+
+
+def _plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], overall: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, (cov, acc) in curves.items():
+        ax.plot(cov * 100, acc * 100, label=label, drawstyle="steps-post")
+    ax.axhline(overall * 100, color="grey", linestyle=":", label=f"overall {overall * 100:.1f}%")
+    ax.set_xlabel("coverage (% of test questions answered, most confident first)")
+    ax.set_ylabel("accuracy on the answered (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 102)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _page(result: dict[str, Any], name: str, command: str, note: str | None) -> str:
+    t, d = result["test"], result["dev"]
+    raw, cal = t["raw"], t["calibrated"]
+    overall = t["accuracy"]
+
+    def pct(v: float) -> str:
+        return f"{v * 100:.1f}%"
+
+    rows = [f"| accuracy at {c}% coverage | {pct(raw[f'accuracy_at_{c}'])} | {pct(cal[f'accuracy_at_{c}'])} |"
+            for c in (100, 80, 50)]
+    gain = cal["accuracy_at_50"] - overall
+    weights = ", ".join(f"{f} {w:+.2f}" for f, w in zip(result["calibrator"]["features"],
+                                                         result["calibrator"]["weights"], strict=True))
+    title = result["label"] or result["bundle_name"]
+    lines = [
+        "# Confidence, calibration and abstention",
+        "",
+        *([note, ""] if note else []),
+        f"Bundle: **{title}** (`{result['bundle']}`); questions: {result['source']}; "
+        f"{result['samples']} sample(s) per question (greedy when 1). Calibrator fitted on the {d['questions']} dev "
+        f"questions ({d['valid']} with a valid letter; dev accuracy {pct(d['accuracy'])}), judged on the "
+        f"{t['questions']} test questions ({t['valid']} with a valid letter; an answer without one has confidence 0 "
+        f"and counts as wrong). Answering only the most confident answers first:",
+        "",
+        "| test | raw confidence | calibrated |",
+        "|---|---|---|",
+        *rows,
+        f"| ECE (10 bins) | {raw['ece']:.3f} | {cal['ece']:.3f} |",
+        f"| mean confidence | {raw['mean_confidence']:.3f} | {cal['mean_confidence']:.3f} |",
+        "",
+        f"Targets: accuracy at 50% coverage >= overall + 15 points: {pct(cal['accuracy_at_50'])} vs "
+        f"{pct(overall)} + 15 = {pct(overall + 0.15)}: **{'met' if result['meets']['selective_gain'] else 'not met'}**"
+        f" ({gain * 100:+.1f} points); ECE after calibration <= 0.05: {cal['ece']:.3f}: "
+        f"**{'met' if result['meets']['ece'] else 'not met'}**.",
+        "",
+        f"![risk-coverage curve]({name}.png)",
+        "",
+        "## What the confidence is made of",
+        "",
+        "Signals the pipeline already has (`kardlite/runtime/confidence.py`): the student's probability of its "
+        "letter at the token after `Answer:` (renormalised over the option letters, averaged over samples), the "
+        "self-consistency vote share, the best passage's rerank score (first-stage score without a reranker) and "
+        "its margin over the second, the share of the rationale's sentences whose content words mostly occur in "
+        "the passages shown, and the share of the chosen option's content words found there. The raw confidence "
+        "is the letter probability (averaged with the vote share when sampling). The calibrator is an "
+        "L2-regularised logistic regression over the standardised signals (probabilities as logits), stored in "
+        "the bundle as plain JSON (`calibration.json`, hashed in the manifest).",
+        "",
+        f"Fitted weights (standardised signals): {weights}; bias {result['calibrator']['bias']:+.2f}.",
+        "",
+        f"Reproduce (about {result['seconds']:.0f} s of answering on this machine; answers are cached under "
+        f"`runs/confidence/`, so a rerun only refits):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Raw numbers: [`{name}.json`]({name}.json). Machine: {result['machine']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--dev", type=Path, help="dev task file (any format kardlite.data.load_task reads)")
+    ap.add_argument("--test", type=Path, help="test task file")
+    ap.add_argument("--demo", action="store_true", help="use the embedded demo task's dev and test splits")
+    ap.add_argument("--samples", type=int, default=None, help="self-consistency samples (default: the bundle's)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--l2", type=float, default=1.0, help="calibrator penalty")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the page, JSON and plot")
+    ap.add_argument("--name", default="confidence", help="file stem of the page, JSON and plot")
+    ap.add_argument("--label", default=None, help="what the bundle is, for the page's title")
+    ap.add_argument("--cache", type=Path, default=None, help="answer cache (default runs/confidence/<bundle>.jsonl)")
+    ap.add_argument("--install", action="store_true", help="store the fitted calibrator in the bundle")
+    ap.add_argument("--note", default=None, help="a paragraph at the top of the page (markdown)")
+    args = ap.parse_args()
+
+    from kardlite.runtime import load
+
+    dev_items, test_items, source = _items(args)
+    cache = args.cache or Path("runs/confidence") / f"{args.bundle.resolve().name}.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with load(args.bundle, threads=args.threads) as pipe:
+        samples = int(args.samples or pipe.decoding.get("samples", 1))
+        settings = {"samples": samples, "manifest_sha256": pipe.manifest_sha256}
+        manifest = pipe.manifest
+        dev = _run(pipe, dev_items, "dev", cache, settings)
+        test = _run(pipe, test_items, "test", cache, settings)
+    wall = time.perf_counter() - started
+
+    fit_rows = [r for r in dev if r["valid"]]
+    cal = Calibrator.fit([r["signals"] for r in fit_rows], [r["correct"] for r in fit_rows], l2=args.l2,
+                         note={"split": "dev", "source": source, "samples": samples})
+    correct = np.asarray([r["correct"] for r in test], dtype=bool)
+    raw = np.asarray([r["confidence_raw"] for r in test])
+    calibrated = np.asarray([cal.predict(r["signals"]) if r["valid"] else 0.0 for r in test])
+    overall = float(correct.mean())
+    result = {
+        "bundle": str(args.bundle), "bundle_name": manifest.get("name"), "demo": manifest.get("demo"),
+        "label": args.label, "source": source, "samples": samples,
+        "dev": {"questions": len(dev), "valid": len(fit_rows), "accuracy": round(float(np.mean(
+            [r["correct"] for r in dev])), 4)},
+        "test": {"questions": len(test), "valid": int(sum(r["valid"] for r in test)), "accuracy": round(overall, 4),
+                 "raw": _metrics(raw, correct), "calibrated": _metrics(calibrated, correct)},
+        "calibrator": cal.to_dict(),
+        "targets": {"accuracy_at_50_minus_overall": 0.15, "ece_after": 0.05},
+        "seconds": round(wall, 1), "machine": platform.platform(),
+    }
+    cal_m = result["test"]["calibrated"]
+    result["meets"] = {"selective_gain": cal_m["accuracy_at_50"] - overall >= 0.15, "ece": cal_m["ece"] <= 0.05}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = args.label or f"{manifest.get('name')}: {source}"
+    _plot(args.out / f"{args.name}.png", {"raw confidence": risk_coverage(raw, correct),
+                                          "calibrated": risk_coverage(calibrated, correct)}, overall, title)
+    command = "python bench/confidence.py " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]
+                                                        if a != "--note" and a != args.note)
+    (args.out / f"{args.name}.md").write_text(_page(result, args.name, command, args.note))
+    if args.install:
+        install_calibrator(args.bundle, cal)
+        print(f"calibrator installed in {args.bundle}")
+    print(json.dumps({k: result[k] for k in ("dev", "test", "meets")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
