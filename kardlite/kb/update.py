@@ -171,6 +171,8 @@ def _update_kb(src: Path, dst: Path, add: list[Passage], remove: list[str], prog
                                                                                              strict=True)])
         con.commit()
         live = con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+        if live == 0:
+            raise InputError("the update would remove every passage; build a new knowledge base instead", field="ids")
         contents = [""] * (rows_before + len(add))
         for row, title, text in con.execute("SELECT row, title, text FROM passages"):
             contents[row] = f"{title}. {text}" if title else text  # Passage.contents

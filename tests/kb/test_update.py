@@ -82,6 +82,8 @@ def test_bad_updates_leave_the_kb_untouched(tmp_path: Path, facts, bm25_config: 
         add_passages(tmp_path / "kb", [Passage("x", "", "  ")])
     with pytest.raises(InputError, match="unknown passage id"):
         remove_passages(tmp_path / "kb", ["no-such-id"])
+    with pytest.raises(InputError, match="remove every passage"):
+        remove_passages(tmp_path / "kb", [p.id for p in facts])
     with pytest.raises(InputError, match="nothing to update"):
         update(tmp_path / "kb")
 

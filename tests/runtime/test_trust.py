@@ -26,7 +26,7 @@ Q = ("What does digoxin inhibit in cardiac myocytes?", ["sodium-potassium ATPase
 def pipe(tiny_bundle: Path) -> Iterator:
     from kardlite.runtime import load
 
-    with load(tiny_bundle, threads=2) as p:
+    with load(tiny_bundle, threads=1) as p:
         yield p
 
 
@@ -89,7 +89,7 @@ def test_audit_log_80_concurrent_asks_make_80_lines(tiny_bundle: Path, tmp_path:
     log.write_bytes(b'{"earlier": 1}\n{"torn": "by a kil')  # a previous process died mid-line
     answers: list[dict] = []
     lock = threading.Lock()
-    with load(tiny_bundle, threads=2, audit_log=log) as p:
+    with load(tiny_bundle, threads=1, audit_log=log) as p:
         def work(t: int) -> None:
             for i in range(10):
                 a = p.ask(f"Question {t}-{i}: what does digoxin inhibit?", Q[1][:2 + (i % 3)], max_new_tokens=3)
