@@ -157,6 +157,8 @@ def test_kb_add_to_a_late_interaction_bundle_extends_its_passage_cache(tiny_bund
         assert info["size"] == len(p.kb) and info["encoded_passages"] == 0  # the new one came from the file too
         hits = p.kb.search("Which cardiac glycoside blocks the sodium pump like digoxin?", k=3, retriever="bm25")
         assert hits[0]["id"] == "zz-new"
+        ans = p.ask("Which cardiac glycoside blocks the sodium pump like digoxin?", ["ouabain", "heparin"])
+        assert "zz-new" in [x["id"] for x in ans["candidates"]]  # retrieved for the reranker (untrained here)
     remove_passages(out, ["zz-new"])
     verify_bundle(out)
     with load(out, threads=1) as p:
