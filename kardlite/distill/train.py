@@ -60,7 +60,9 @@ class StudentTrainConfig:
     max_target_tokens: int | None = None
     # --- throughput on a CPU (bench/train_speed.py measures each; none changes what is learnt) ---
     group_by_length: bool = True  # batches of similar length: less padding (order still seeded and shuffled)
-    max_batch_tokens: int | None = 1024  # split a micro-batch so no forward pass holds more tokens (memory)
+    # Split a micro-batch so no forward pass holds more tokens: the same result in less memory. 2048 was the fastest
+    # setting measured (bench/train_speed.py: peak RSS ~7 GB at batch 8 of KARD rows); 512 keeps training under 3 GB.
+    max_batch_tokens: int | None = 2048
     freeze_layers: int = 0  # train (LoRA or full) only decoder layers >= N: no backward through the lower ones
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     # --- adapter: LoRA on every linear projection of attention and MLP (not the LM head) ---
@@ -304,6 +306,11 @@ def _load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, expe
     if not (ckpt / "state.json").is_file():
         return None
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    # A setting added to the config after the checkpoint was written is not in it: the checkpoint predates it
+    # and ran with that setting's default, so only the settings the checkpoint records are compared.
+    saved = state.get("config", {})
+    expect = {**expect, "config": {k: v for k, v in expect["config"].items() if k in saved}} if "config" in expect \
+        else expect
     for key, value in expect.items():
         if state.get(key) != value:
             raise ArtifactError(f"{ckpt}: checkpoint was made with another {key} ({state.get(key)!r} != {value!r}); "
