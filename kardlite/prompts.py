@@ -252,8 +252,6 @@ _VERDICT_ADJ = frozenset({"correct", "right", "best", "final", "true", "only", "
 _CONNECTIVES = frozenset({"so", "thus", "hence", "therefore", "consequently", "conclusion", "overall", "ultimately",
                           "finally", "summary"})
 _HEDGES = frozenset({"if", "whether", "not", "assume", "assuming", "suppose", "supposing", "unless", "nor"})
-_SUBJECT_VERBS = frozenset({"is", "was", "are", "seems", "can", "could", "would", "does", "might", "may", "also",
-                            "doesn", "isn"})
 _ADVERBS = frozenset({"therefore", "thus", "clearly", "indeed", "still", "hence", "so", ",", "definitely", "certainly",
                       "undoubtedly", "then"})
 _STOPS = frozenset({".", "\n", "!", "?", ";"})
@@ -368,9 +366,12 @@ def _target(toks: _Toks, i: int, valid: str, opts: list[tuple[str, ...]] | None,
     letter = _letter_at(toks, i, valid, lower_ok=colon)
     if letter is not None:
         if verbless and not colon:
-            # "Answer (A) is incorrect ...": the letter is a subject here, not a verdict.
+            # "Answer (A) is incorrect", "Answer (B), television ...": the letter is a subject, not a verdict; the
+            # bare form counts only where the statement ends ("Answer B.", "answer (B)" at the end of a line).
             j = i + 1 + (i + 1 < n and toks.text[i + 1] in _CLOSE)
-            if j < n and toks.low[j] in _SUBJECT_VERBS:
+            while j < n and j - i < 4 and toks.text[j] in _QUOTES:
+                j += 1
+            if j < n and toks.text[j] not in _STOPS:
                 return None
         return letter
     if opts is not None and (colon or not verbless):
@@ -465,8 +466,13 @@ _LINK_ADVERBS = frozenset({"also", "clearly", "therefore", "thus", "all", "both"
                            "entirely", "completely", "likely", "then", "hence", "so", ","})
 _WRONG = frozenset({"incorrect", "wrong", "false", "unrelated", "irrelevant", "inaccurate", "implausible", "invalid",
                     "eliminated", "untrue", "impossible", "illogical", "nonsensical", "unlikely", "inappropriate"})
-_NOT_RIGHT = frozenset({"correct", "right", "true", "accurate", "valid", "related", "relevant", "plausible", "possible",
-                        "likely", "applicable", "supported", "the", "a", "an"})
+# "is not correct", "is not the best answer"; not "is not an insect" (a property of the option, not a verdict).
+_NOT_RIGHT = frozenset({"correct", "right", "true", "accurate", "valid", "related", "relevant", "plausible", "likely",
+                        "applicable", "supported"})
+_NOT_THE = frozenset({"correct", "right", "best", "answer", "most", "only"})
+# A caveat after "is correct" ("correct, but not the best", "correct in the sense that") makes it no endorsement.
+_CAVEATS = frozenset({"but", "however", "although", "though", "partially", "partly", "somewhat", "extent", "sense",
+                      "while", "yet"})
 
 
 def option_verdicts(text: str, n_options: int) -> tuple[set[int], set[int]]:
@@ -505,11 +511,13 @@ def option_verdicts(text: str, n_options: int) -> tuple[set[int], set[int]]:
             continue
         # The group "(A), (B), and (C)": letters joined by commas, "and", parentheses and "option(s)".
         letters = {valid.index(t)}
+        last = valid.index(t)
         j = i + 1
         while j < n and j - i < 24 and (toks.low[j] in _GROUP or (len(toks.text[j]) == 1 and toks.text[j].isupper()
                                                                    and toks.text[j] in valid)):
             if len(toks.text[j]) == 1 and toks.text[j].isupper():
-                letters.add(valid.index(toks.text[j]))
+                last = valid.index(toks.text[j])
+                letters.add(last)
             j += 1
         if j > i + 1 and toks.text[j - 1] == ",":
             # An appositive: 'Option (C), "stayed the same," is incorrect'.
@@ -527,14 +535,23 @@ def option_verdicts(text: str, n_options: int) -> tuple[set[int], set[int]]:
         link = next((len(v) for v in _LINKS if tuple(toks.low[j:j + len(v)]) == v), 0) \
             if j < n and toks.low[j] in _LINK_STARTS else 0
         if link:
+            if toks.low[j] in ("is", "was"):
+                letters = {last}  # "option (B), and option (D) is incorrect": the verb is D's alone
             k = j + link
             while k < n and k - j < 8 and toks.low[k] in _LINK_ADVERBS:
                 k += 1
+            also = "also" in toks.low[j + link:k]
             word = toks.low[k] if k < n else ""
-            if word in _WRONG or (word == "not" and k + 1 < n and toks.low[k + 1] in _NOT_RIGHT):
+            nxt = toks.low[k + 1] if k + 1 < n else ""
+            nxt2 = toks.low[k + 2] if k + 2 < n else ""
+            if word in _WRONG or (word == "not" and (nxt in _NOT_RIGHT or (nxt == "the" and nxt2 in _NOT_THE))):
                 ruled_out |= letters
-            elif word in ("correct", "right"):
-                endorsed |= letters
+            elif word in ("correct", "right") and not also and nxt not in ("in", "to", "only"):
+                end = k + 1
+                while end < n and end - k < 40 and toks.text[end] not in _STOPS:
+                    end += 1
+                if _CAVEATS.isdisjoint(toks.low[k + 1:end]):
+                    endorsed |= letters
         i = max(j, i + 1)
     return endorsed, ruled_out
 

@@ -124,6 +124,9 @@ def test_chat_template_rendering() -> None:
     ("Option (A) is not specific enough to be the correct answer", 4, None),
     ("To answer this question, we need A", 4, None),
     ("The answer is A cell", 4, None),
+    ("Answer (B), television signals, does not change the environment.", 4, None),  # a subject, not a verdict
+    ("Answer (A) is incorrect.", 4, None),
+    ("The best fit is answer (C).", 4, 2),
     ("So, the answer is (E).", 4, None),
     ("Therefore, the answer is no.", 2, None),  # text answers need the option texts
 ])
@@ -146,6 +149,13 @@ def test_stated_answers_keeps_every_statement_in_order() -> None:
     ("If option (C) is wrong, then D is right.", (set(), set())),  # hedged; a bare D is no option reference
     ("Option (E) is incorrect.", (set(), set())),  # no such option
     ("Option (A) is red. A is wrong.", (set(), set())),
+    # Only D is "incorrect" here: a singular verb belongs to the last letter of a list.
+    ("Option (A) is similar but not as specific as option (B), and option (D) is incorrect.", (set(), {3})),
+    ("Option (D), a giraffe, is not an insect.", (set(), set())),  # a property, not a verdict
+    ("Option (B) is not the correct answer.", (set(), {1})),
+    ("Option (C) is correct, but it is not the best answer.", (set(), set())),  # a caveat
+    ("Option (C) is correct in the sense that heat is energy.", (set(), set())),
+    ("Option (B) is also correct.", (set(), set())),  # "also": not the one answer
 ])
 def test_option_verdicts(text: str, expected: tuple[set[int], set[int]]) -> None:
     assert option_verdicts(text, 4) == expected

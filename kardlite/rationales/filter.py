@@ -62,6 +62,11 @@ _REFUSAL = re.compile(
     r"(?:help|assist|answer|provide|generate|promote|condone|support|fulfil|fulfill|comply)\b"
     r"|\bI\s+(?:do\s+not|don't|don’t)\s+(?:encourage|endorse|condone|promote|support)\b", re.IGNORECASE)
 
+# Questions whose answer is the exception; per-option remarks read the other way round there.
+_NEGATED_QUESTION = re.compile(
+    r"\b(?:not|except|false|untrue|unlikely|cannot|can't|never|least|lowest|aside\s+from|all\s+but|everything\s+but"
+    r"|other\s+than|excluded|nonexistent|incapable|inability|unable)\b", re.IGNORECASE)
+
 
 def degenerate_reason(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WORDS) -> str | None:
     """Why ``text`` is useless as a training rationale, or None if it is not.
@@ -112,7 +117,9 @@ def check_answer(text: str, item: QAItem) -> tuple[str, str | None]:
     Verdicts: ``pass`` (its last stated answer is the gold one), ``implied`` (no statement, but it calls the gold
     option correct, or rules out every other option), ``none stated`` (nothing to check) and ``fail``. It fails
     when its last stated answer is another option, or, with no statement, when it rules out the gold option
-    ("Option (D) is incorrect", gold D) without calling it correct, or calls only other options correct.
+    ("Option (D) is incorrect", gold D) without calling it correct, or calls only other options correct (without
+    a caveat such as "correct, but not the best"). In a negated question ("which is NOT ...", "all but") such
+    remarks are ambiguous, so only statements count there.
 
     Example:
         >>> item = QAItem("q", "?", ("red", "blue", "green", "grey"), 2)
@@ -128,6 +135,9 @@ def check_answer(text: str, item: QAItem) -> tuple[str, str | None]:
         if said != item.label:
             return "fail", f"states ({LETTERS[said]}), gold is ({item.answer_letter})"
         return "pass", None
+    if _NEGATED_QUESTION.search(item.question):
+        # "Which is NOT ...", "all but": calling the gold option "incorrect" or "false" can be the right verdict.
+        return "none stated", None
     endorsed, ruled_out = option_verdicts(text, len(item.options))
     if item.label in ruled_out and item.label not in endorsed:
         return "fail", f"rules out the gold answer ({item.answer_letter})"

@@ -79,6 +79,15 @@ def test_check_answer(text: str, expected: tuple[str, str | None]) -> None:
     assert check_answer(text, SUN) == expected
 
 
+def test_check_answer_reads_only_statements_in_a_negated_question() -> None:
+    false_one = QAItem("q", "Which of these is false about the greenhouse effect?",
+                       ("it warms the air", "it makes the air green", "it melts ice", "it raises temperatures"), 1)
+    text = "Options (A), (C) and (D) are true. Option (B) is false because air does not turn green."
+    assert check_answer(text, false_one) == ("none stated", None)  # "(B) is false" is the verdict here
+    assert check_answer(text + " So, the answer is (B).", false_one) == ("pass", None)
+    assert check_answer("Therefore, the correct answer is (A).", false_one) == ("fail", "states (A), gold is (B)")
+
+
 @pytest.mark.parametrize("adversarial", [
     "the correct answer is" + " " * 100_000 + "!",
     "question" + " " * 100_000 + "!",
