@@ -34,5 +34,10 @@ class ArtifactError(KardliteError):
 class MissingExtraError(KardliteError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
 
-    def __init__(self, package: str, extra: str) -> None:
-        super().__init__(f"{package} is needed for this; install it with: pip install 'kardlite[{extra}]'")
+    def __init__(self, package: str, extra: str | None) -> None:
+        """``extra``: the pip extra of kardlite that brings ``package``, or None when no extra does (a core dependency
+        missing from a broken install, or an optional package of its own): then the hint installs it directly."""
+        self.package = package
+        self.extra = extra
+        target = f"kardlite[{extra}]" if extra else package
+        super().__init__(f"{package} is needed for this; install it with: pip install '{target}'")

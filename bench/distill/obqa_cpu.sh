@@ -16,8 +16,8 @@ mkdir -p "$R"
 # 1. rationales: the teacher stage's importer and filter (degenerate + stated-answer rules; no LM judge, too slow
 #    for 99k rationales on 2 cores), then the open book as a KB (BM25 + int8 MiniLM dense + hybrid)
 [ -e "$R/teacher_store" ] || $K rationales import "$OBQA/kard_teacher/train_rationales.jsonl.gz" \
-    --task "$OBQA/Main/train.jsonl" --out "$R/teacher_store" --quiet
-[ -f "$R/filtered/kept.jsonl" ] || $K rationales filter "$R/teacher_store" --task "$OBQA/Main/train.jsonl" \
+    --tasks "$OBQA/Main/train.jsonl" --out "$R/teacher_store" --quiet
+[ -f "$R/filtered/kept.jsonl" ] || $K rationales filter "$R/teacher_store" --tasks "$OBQA/Main/train.jsonl" \
     --out "$R/filtered" --judge none --quiet
 [ -d "$R/kb" ] || .venv/bin/python -c "
 from kardlite.kb import KBConfig, KnowledgeBase, read_passages

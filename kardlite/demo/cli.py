@@ -8,17 +8,18 @@ from typing import Annotated
 
 import typer
 
-from kardlite.errors import KardliteError
+from kardlite._cli import cli_errors
 
 DEFAULT_DIR = Path("exports") / "demo"
 
 
+@cli_errors
 def demo(
     question: Annotated[str | None, typer.Argument(help="Answer this question in the terminal instead of starting "
                                                         "the web app ('example' = the first demo test question).")]
     = None,
     bundle: Annotated[Path | None, typer.Option(help="A bundle folder (default: the demo bundle, built on first "
-                                                      "use at exports/demo).")] = None,
+                                                      "use at exports/demo).", exists=True)] = None,
     fast: Annotated[bool, typer.Option("--fast", help="Build the fast, untrained demo bundle (like KARDLITE_FAST=1): "
                                                       "about a minute instead of up to ten.")] = False,
     host: Annotated[str, typer.Option(help="Interface for the web app (default: this machine only).")] = "127.0.0.1",
@@ -30,18 +31,14 @@ def demo(
     from kardlite.demo.build import build_demo_bundle
 
     typer.echo(f"kardlite demo — {DISCLAIMER}")
-    try:
-        path = bundle or build_demo_bundle(DEFAULT_DIR, fast=True if fast else None)
-        if question is None:
-            from kardlite.demo.app import main as run_app  # gradio: the `app` extra (MissingExtraError names it)
+    path = bundle or build_demo_bundle(DEFAULT_DIR, fast=True if fast else None)
+    if question is None:
+        from kardlite.demo.app import main as run_app  # gradio: the `app` extra (MissingExtraError names it)
 
-            run_app(["--bundle", str(path), "--host", host, "--port", str(port)] + (
-                ["--threads", str(threads)] if threads else []))
-            return
-        _answer(path, question, threads)
-    except KardliteError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+        run_app(["--bundle", str(path), "--host", host, "--port", str(port)] + (
+            ["--threads", str(threads)] if threads else []))
+        return
+    _answer(path, question, threads)
 
 
 def _answer(path: Path, question: str, threads: int | None) -> None:

@@ -6,36 +6,44 @@ error is printed as one line and exits with status 2.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from kardlite.errors import KardliteError
+from kardlite._cli import FirstStage, PromptMode, TaskFormat, cli_errors
+from kardlite.errors import InputError
 
 distill_app = typer.Typer(help="Build student training examples (FT, RD, KARD).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a student (`kardlite eval --model ... --tasks ... --out ...`), or compare runs "
                             "(`kardlite eval report`).", invoke_without_command=True)
 
 
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KardliteError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-    return wrapper
+class EvalRetriever(StrEnum):
+    bm25 = "bm25"
+    dense = "dense"
+    hybrid = "hybrid"
+    reranker = "reranker"
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+class Select(StrEnum):
+    first = "first"
+    shortest = "shortest"
+    random = "random"
+
+
+class AnswerScoring(StrEnum):
+    generated = "generated"
+    letter = "letter"
+    text = "text"
+
+
+class Decoding(StrEnum):
+    greedy = "greedy"
+    sc = "sc"
 
 
 def _load_kb(path: Path) -> Any:
@@ -49,39 +57,42 @@ def _load_kb(path: Path) -> Any:
 
 
 @distill_app.command("build")
-@_one_line_errors
+@cli_errors
 def build(
-    tasks: Annotated[Path, typer.Option(help="Training questions (any format `load_task` reads).")],
-    rationales: Annotated[Path, typer.Option(help="Kept-rationales JSONL (item id, rationale index, text).")],
+    tasks: Annotated[Path, typer.Option(help="Training questions (any format `load_task` reads).", exists=True)],
+    rationales: Annotated[Path, typer.Option(help="Kept-rationales JSONL (item id, rationale index, text).",
+                                             exists=True)],
     out: Annotated[Path, typer.Option(help="Examples JSONL to write (a .meta.json is written beside it).")],
-    mode: Annotated[str, typer.Option(help="ft, rd, kard or ka-ft (kard's passages, answer-only target).")] = "kard",
-    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard).")] = None,
+    mode: Annotated[PromptMode, typer.Option(help="ka-ft: kard's passages with an answer-only target.")]
+    = PromptMode.kard,
+    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).", exists=True)] = None,
     k: Annotated[int, typer.Option(help="Passages per rationale (kard).")] = 5,
-    retriever: Annotated[str, typer.Option(help="bm25 (paper), dense or hybrid; query = the rationale.")] = "bm25",
+    retriever: Annotated[FirstStage, typer.Option(help="bm25 is the paper's; the query is the rationale.")]
+    = FirstStage.bm25,
     max_items: Annotated[int | None, typer.Option(help="First N questions with a kept rationale.")] = None,
     per_item: Annotated[int | None, typer.Option(help="Keep M kept rationales per question (default: all).")] = None,
-    select: Annotated[str, typer.Option(help="Which M: first (teacher order), shortest or random (seeded).")
-                      ] = "first",
+    select: Annotated[Select, typer.Option(help="Which M: first (teacher order), shortest or random (seeded).")
+                      ] = Select.first,
     seed: Annotated[int, typer.Option(help="Seed for --select random.")] = 42,
-    task_format: Annotated[str, typer.Option("--format", help="Task file format.")] = "auto",
+    task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
 ) -> None:
     """Build FT / RD / KARD training examples with provenance."""
     from kardlite.data import load_task
     from kardlite.distill.examples import build_examples, read_kept_rationales, save_examples
 
-    items = load_task(tasks, task_format)
+    items = load_task(tasks, task_format.value)
     kept = read_kept_rationales(rationales)
     kb_obj = _load_kb(kb) if (kb is not None and mode in ("kard", "ka-ft")) else None
-    rows = build_examples(items, kept, mode, kb=kb_obj, k=k, retriever=retriever, max_items=max_items,
-                          per_item=per_item, select=select, seed=seed, kb_path=kb)
+    rows = build_examples(items, kept, mode.value, kb=kb_obj, k=k, retriever=retriever.value, max_items=max_items,
+                          per_item=per_item, select=select.value, seed=seed, kb_path=kb)
     sources = {"tasks": tasks, "rationales": rationales}
     save_examples(rows, out, sources=sources)
-    typer.echo(f"{len(rows)} {mode} examples from {len({r['item_id'] for r in rows})} questions -> {out}")
+    typer.echo(f"{len(rows)} {mode.value} examples from {len({r['item_id'] for r in rows})} questions -> {out}")
 
 
-@_one_line_errors
+@cli_errors
 def train_student_cmd(
-    examples: Annotated[Path, typer.Argument(help="Examples JSONL from `kardlite distill build`.")],
+    examples: Annotated[Path, typer.Argument(help="Examples JSONL from `kardlite distill build`.", exists=True)],
     out: Annotated[Path, typer.Option(help="Run directory (re-run with the same one to resume).")],
     student: Annotated[str | None, typer.Option(help="HF id or path; default: packaged SmolLM2.")] = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (paper 1e-4, constant).")] = 1e-4,
@@ -125,51 +136,51 @@ def train_student_cmd(
 
 
 @eval_app.callback()
-@_one_line_errors
+@cli_errors
 def eval_cmd(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="Student folder/HF id; 'smollm2' = base.")] = None,
-    tasks: Annotated[Path | None, typer.Option(help="Test questions (any format `load_task` reads).")] = None,
+    tasks: Annotated[Path | None, typer.Option(help="Test questions (any format `load_task` reads).", exists=True)]
+    = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (re-run the same command to resume).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
-    mode: Annotated[str | None, typer.Option(help="ft, rd, kard or ka-ft; default: the student's training mode."
-                                             )] = None,
-    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).")] = None,
-    retriever: Annotated[str | None, typer.Option(help="bm25 (default), dense, hybrid or reranker.")] = None,
+    mode: Annotated[PromptMode | None, typer.Option(help="Default: the student's training mode.")] = None,
+    kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).", exists=True)] = None,
+    retriever: Annotated[EvalRetriever | None, typer.Option(help="What picks the passages [default: bm25].")]
+    = None,
     n_docs: Annotated[int | None, typer.Option(help="Passages shown; default: as in training.")] = None,
     pool: Annotated[int, typer.Option(help="Candidates the reranker picks from.")] = 100,
-    first_stage: Annotated[str, typer.Option(help="bm25, dense or hybrid: what builds the reranker's pool.")] = "bm25",
+    first_stage: Annotated[FirstStage, typer.Option(help="What builds the reranker's pool.")] = FirstStage.bm25,
     reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder, torch or its ONNX export "
-                                                       "(retriever 'reranker').")] = None,
-    decoding: Annotated[str | None, typer.Option(help="greedy (default) or sc (self-consistency).")] = None,
+                                                       "(retriever 'reranker').", exists=True)] = None,
+    decoding: Annotated[Decoding | None, typer.Option(help="greedy (default) or sc (self-consistency).")] = None,
     samples: Annotated[int, typer.Option(help="Samples for self-consistency.")] = 5,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap; default: the student's.")] = None,
-    answer_scoring: Annotated[str | None, typer.Option(
+    answer_scoring: Annotated[AnswerScoring | None, typer.Option(
         help="generated (rd/kard default: parse, force at the cap), letter (ft/ka-ft default) or text "
              "(option-text likelihood).")] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     max_source_tokens: Annotated[int | None, typer.Option(help="Default: the training budget.")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     name: Annotated[str | None, typer.Option(help="System name in reports; default: the out folder's name.")] = None,
-    task_format: Annotated[str, typer.Option("--format")] = "auto",
+    task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
 ) -> None:
     """Evaluate a student: accuracy, invalid-output rate, per-question JSONL."""
     if ctx.invoked_subcommand is not None:
         return
     if model is None or tasks is None or out is None:
-        _fail("kardlite eval needs --model, --tasks and --out (or use `kardlite eval report`)")
+        raise InputError("kardlite eval needs --model, --tasks and --out (or use `kardlite eval report`)")
     from kardlite.data import load_task
     from kardlite.distill.evaluate import EvalConfig, evaluate, make_retriever
     from kardlite.distill.student import load_student
 
-    items = load_task(tasks, task_format)
+    items = load_task(tasks, task_format.value)
     if limit:
         items = items[:limit]
     student = load_student(model)
-    from kardlite.errors import InputError
     from kardlite.prompts import ANSWER_ONLY_MODES, KNOWLEDGE_MODES
 
-    resolved = mode or student.info.get("mode")
+    resolved = (mode.value if mode else None) or student.info.get("mode")
     # Options that a mode would silently ignore are refused: a run must record what it really did.
     ignored = {"--kb": kb, "--retriever": retriever, "--n-docs": n_docs, "--reranker": reranker}
     if resolved not in KNOWLEDGE_MODES and (given := [k for k, v in ignored.items() if v is not None]):
@@ -179,20 +190,21 @@ def eval_cmd(
     if resolved in ANSWER_ONLY_MODES and (given := [k for k, v in gen.items() if v is not None]):
         raise InputError(f"mode {resolved!r} generates nothing (its answer is scored), so {', '.join(given)} would "
                          "be ignored; drop them", field=given[0].lstrip("-"))
-    retriever = retriever or "bm25"
-    cfg = EvalConfig(mode=mode, decoding=decoding or "greedy", samples=samples, max_new_tokens=max_new_tokens,
-                     answer_scoring=answer_scoring, batch_size=batch_size, max_source_tokens=max_source_tokens,
-                     retriever=retriever, n_docs=n_docs, pool=pool, first_stage=first_stage,
-                     reranker=str(reranker) if reranker else None, seed=seed, name=name)
+    retriever_name = retriever.value if retriever else "bm25"
+    cfg = EvalConfig(mode=mode.value if mode else None, decoding=decoding.value if decoding else "greedy",
+                     samples=samples, max_new_tokens=max_new_tokens,
+                     answer_scoring=answer_scoring.value if answer_scoring else None, batch_size=batch_size,
+                     max_source_tokens=max_source_tokens, retriever=retriever_name, n_docs=n_docs, pool=pool,
+                     first_stage=first_stage.value, reranker=str(reranker) if reranker else None, seed=seed, name=name)
     kb_obj = _load_kb(kb) if kb is not None else None
     retrieve = None
-    if retriever == "reranker" and kb_obj is not None:
+    if retriever_name == "reranker" and kb_obj is not None:
         if reranker is None:
-            _fail("--retriever reranker needs --reranker PATH")
+            raise InputError("--retriever reranker needs --reranker PATH", field="reranker")
         from kardlite.rerank.model import Reranker
 
         backend = "onnx" if any(reranker.glob("*.onnx")) else "torch"
-        retrieve = make_retriever(kb_obj, "reranker", pool=pool, first_stage=first_stage,
+        retrieve = make_retriever(kb_obj, "reranker", pool=pool, first_stage=first_stage.value,
                                   reranker=Reranker.load(reranker, backend=backend))
     metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
@@ -200,9 +212,9 @@ def eval_cmd(
 
 
 @eval_app.command("report")
-@_one_line_errors
+@cli_errors
 def report_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Evaluation folders to put side by side.")],
+    runs: Annotated[list[Path], typer.Argument(help="Evaluation folders to put side by side.", exists=True)],
     out: Annotated[Path, typer.Option(help="Markdown report (a CSV is written beside it).")],
 ) -> None:
     """Compare evaluated systems in one markdown table (+ CSV)."""

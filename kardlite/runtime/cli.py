@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
-from kardlite.errors import KardliteError
+from kardlite._cli import cli_errors
 
 
+@cli_errors
 def ask(
-    bundle: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).", exists=True)],
     question: Annotated[str, typer.Argument(help="The question stem.")],
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="An answer option (repeat, 2-10).")]
     = None,
@@ -32,20 +33,16 @@ def ask(
     """Answer a question with a bundle: retrieve, rerank, reason, answer."""
     from kardlite.runtime import load
 
-    try:
-        # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
-        pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log)
-        kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                  "abstain_below": abstain_below}
-        answer = None
-        for event in pipe.stream(question, option or None, **kwargs):
-            if event["type"] == "token" and stream and not as_json:
-                typer.echo(event["text"], nl=False)
-            elif event["type"] == "answer":
-                answer = event["answer"]
-    except KardliteError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+    # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
+    pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log)
+    kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+              "abstain_below": abstain_below}
+    answer = None
+    for event in pipe.stream(question, option or None, **kwargs):
+        if event["type"] == "token" and stream and not as_json:
+            typer.echo(event["text"], nl=False)
+        elif event["type"] == "answer":
+            answer = event["answer"]
     assert answer is not None
     if as_json:
         typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))

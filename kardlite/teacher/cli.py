@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from kardlite.errors import KardliteError
+from kardlite._cli import TaskFormat, cli_errors, renamed
 
 
 class BackendName(StrEnum):
@@ -21,9 +21,11 @@ class Kind(StrEnum):
     cot = "cot"
 
 
+@cli_errors
 def teach(
-    task: Annotated[Path, typer.Argument(help="The task file (OBQA, MedQA, StrategyQA or generic JSONL/CSV).")],
     out: Annotated[Path, typer.Option("--out", help="The rationale store (JSONL, appended to; resumable).")],
+    tasks: Annotated[Path | None, typer.Option(help="The task file (OBQA, MedQA, StrategyQA or generic JSONL/CSV).",
+                                               exists=True)] = None,
     backend: Annotated[BackendName, typer.Option(help="openai: any OpenAI-compatible endpoint; llamacpp: a GGUF.")]
     = BackendName.openai,
     n: Annotated[int, typer.Option("--n", help="Samples per question.")] = 2,
@@ -31,7 +33,7 @@ def teach(
                                                    "llamacpp: GGUF path (default: packaged SmolLM2).")] = None,
     base_url: Annotated[str | None, typer.Option(help="openai: endpoint root (or $OPENAI_BASE_URL).")] = None,
     api_key: Annotated[str | None, typer.Option(help="openai: API key (or $OPENAI_API_KEY).")] = None,
-    task_format: Annotated[str, typer.Option("--format", help="Task file format (auto, obqa, medqa, ...).")] = "auto",
+    task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
     prompt: Annotated[str, typer.Option(help="Worked examples: obqa, medical, generic, or a prompt file.")]
     = "generic",
     kind: Annotated[Kind, typer.Option(help="rationalize (KARD: answer shown) or cot (answer hidden).")]
@@ -49,24 +51,23 @@ def teach(
     = None,
     price_out: Annotated[float | None, typer.Option(help="Price per million output tokens.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar.")] = True,
+    task_arg: Annotated[Path | None, typer.Argument(metavar="[TASK]", hidden=True, exists=True,
+                                                    help="Deprecated: use --tasks.")] = None,
 ) -> None:
-    """Ask a teacher for N rationales per question of TASK; re-running skips what the store has."""
+    """Ask a teacher for N rationales per question of the --tasks file; re-running skips what the store has."""
     from kardlite.data import load_task
     from kardlite.teacher import get_teacher
 
-    try:
-        items = load_task(task, task_format)[:limit]
-        sampling = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p, "seed": seed}
-        if backend == BackendName.openai:
-            teacher = get_teacher("openai", model=model, base_url=base_url, api_key=api_key, concurrency=concurrency,
-                                  max_retries=max_retries, timeout=timeout, **sampling)
-        else:
-            teacher = get_teacher("llamacpp", model_path=model, n_threads=threads,
-                                  **{**sampling, "seed": 0 if seed is None else seed})
-        prices = (price_in or 0.0, price_out or 0.0) if price_in is not None or price_out is not None else None
-        summary = teacher.generate(items, n, store=out, prompt=prompt, kind=kind.value, progress=progress,
-                                   prices=prices)
-    except KardliteError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+    task = renamed(tasks, task_arg, new="--tasks", old="the TASK argument", required=True)
+    items = load_task(task, task_format.value)[:limit]
+    sampling = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p, "seed": seed}
+    if backend == BackendName.openai:
+        teacher = get_teacher("openai", model=model, base_url=base_url, api_key=api_key, concurrency=concurrency,
+                              max_retries=max_retries, timeout=timeout, **sampling)
+    else:
+        teacher = get_teacher("llamacpp", model_path=model, n_threads=threads,
+                              **{**sampling, "seed": 0 if seed is None else seed})
+    prices = (price_in or 0.0, price_out or 0.0) if price_in is not None or price_out is not None else None
+    summary = teacher.generate(items, n, store=out, prompt=prompt, kind=kind.value, progress=progress,
+                               prices=prices)
     typer.echo(summary.line())

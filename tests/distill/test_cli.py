@@ -49,6 +49,6 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
     kept = write_rationales(tmp_path / "k2.jsonl")
     r = runner.invoke(app, ["distill", "build", "--tasks", str(tasks), "--rationales", str(kept), "--mode", "kard",
                             "--kb", str(tmp_path / "no-kb"), "--out", str(tmp_path / "ex.jsonl")])
-    assert r.exit_code == 2 and "knowledge base not found" in r.output
+    assert r.exit_code == 2 and "no-kb" in r.output and "does not exist" in r.output
     r = runner.invoke(app, ["train", "student", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "examples file not found" in r.output
+    assert r.exit_code == 2 and "missing.jsonl" in r.output and "does not exist" in r.output

@@ -33,9 +33,9 @@ def test_build_search_info(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["kb", "build", "{tmp}/missing.txt", "{tmp}/kb", "--no-dense"], "no such file or folder"),
+        (["kb", "build", "{tmp}/missing.txt", "{tmp}/kb", "--no-dense"], "does not exist"),
         (["kb", "build", "{tmp}/bad.jsonl", "{tmp}/kb", "--no-dense"], "line 1"),
-        (["kb", "search", "{tmp}/nokb", "query"], "not a folder"),
+        (["kb", "search", "{tmp}/nokb", "query"], "does not exist"),
         (["kb", "build", "{tmp}/bad.jsonl", "{tmp}/kb", "--no-dense", "--b", "3"], "bm25.b"),
     ],
 )

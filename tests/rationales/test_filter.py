@@ -172,13 +172,13 @@ def test_cli_filter_without_judge(tmp_path: Path) -> None:
     task = tmp_path / "task.jsonl"
     task.write_text(json.dumps({"id": SUN.id, "question": SUN.question, "options": list(SUN.options),
                                 "answer": "D"}) + "\n")
-    out = CliRunner().invoke(app, ["rationales", "filter", str(store), "--task", str(task), "--out",
+    out = CliRunner().invoke(app, ["rationales", "filter", str(store), "--tasks", str(task), "--out",
                                    str(tmp_path / "f"), "--judge", "none", "--quiet"])
     assert out.exit_code == 0, out.output
     assert "kept 1/2 (50.0%)" in out.stdout and (tmp_path / "f" / "dropped.jsonl").is_file()
-    bad = CliRunner().invoke(app, ["rationales", "filter", str(tmp_path / "missing.jsonl"), "--task", str(task),
+    bad = CliRunner().invoke(app, ["rationales", "filter", str(tmp_path / "missing.jsonl"), "--tasks", str(task),
                                    "--out", str(tmp_path / "g"), "--judge", "none"])
-    assert bad.exit_code == 2 and "rationale store not found" in bad.stderr
+    assert bad.exit_code == 2 and "missing.jsonl" in bad.stderr and "does not exist" in bad.stderr
 
 
 @pytest.mark.slow

@@ -81,11 +81,11 @@ def test_cli_import_error_is_one_line_exit_2(tmp_path: Path) -> None:
     task.write_text("".join(json.dumps({"id": i.id, "question": i.question, "options": list(i.options),
                                         "answer": i.label}) + "\n" for i in ITEMS))
     src = _compact(tmp_path / "r.jsonl.gz", ["q0", "x", "q2"])
-    out = CliRunner().invoke(app, ["rationales", "import", str(src), "--task", str(task), "--out",
+    out = CliRunner().invoke(app, ["rationales", "import", str(src), "--tasks", str(task), "--out",
                                    str(tmp_path / "s.jsonl"), "--quiet"])
     assert out.exit_code == 2 and out.stderr.strip().startswith("error:") and "\n" not in out.stderr.strip()
     ok = CliRunner().invoke(app, ["rationales", "import", str(_compact(tmp_path / "g.jsonl.gz", ["q0", "q1", "q2"])),
-                                  "--task", str(task), "--out", str(tmp_path / "s.jsonl"), "--quiet"])
+                                  "--tasks", str(task), "--out", str(tmp_path / "s.jsonl"), "--quiet"])
     assert ok.exit_code == 0 and "6 samples written" in ok.stdout
     stats = CliRunner().invoke(app, ["rationales", "stats", str(tmp_path / "s.jsonl"), "--json"])
     assert json.loads(stats.stdout)["samples_per_item"] == {"2": 3}

@@ -51,5 +51,5 @@ def test_cli_search_and_export(toy_kb, toy_reranker_dir: Path, tmp_path: Path) -
     assert res.exit_code == 0, res.output
     assert len([x for x in res.output.splitlines() if x.strip()]) == 2
     res = runner.invoke(app, ["train", "reranker", "--kb", str(toy_kb.path), "--out", str(tmp_path / "r"),
-                              "--questions", "q.jsonl"])
+                              "--tasks", "q.jsonl"])
     assert res.exit_code != 0

@@ -121,7 +121,7 @@ def test_sigkill_mid_run_then_resume_has_each_sample_once(server: str, prompt_fi
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps({"question": i.question, "options": list(i.options), "answer": i.label,
                                         "id": i.id}) + "\n" for i in ITEMS))
-    cmd = [sys.executable, "-m", "kardlite.cli", "teach", str(task), "--out", str(store), "--n", "2",
+    cmd = [sys.executable, "-m", "kardlite.cli", "teach", "--tasks", str(task), "--out", str(store), "--n", "2",
            "--base-url", server, "--api-key", KEY, "--model", ALIAS, "--max-tokens", str(MAX_TOKENS),
            "--concurrency", "1", "--prompt", str(prompt_file), "--quiet"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OPENAI_API_KEY": ""}, stderr=subprocess.PIPE)
@@ -156,7 +156,7 @@ def test_cli_server_down_is_one_line_exit_2(tmp_path: Path) -> None:
     task.write_text(json.dumps({"id": "q", "question": "?", "options": ["a", "b"], "answer": "A"}) + "\n")
     with socket.socket() as s:  # bound, not listening: connections are refused, and nobody else gets the port
         s.bind(("127.0.0.1", 0))
-        out = CliRunner().invoke(app, ["teach", str(task), "--out", str(tmp_path / "s"), "--base-url",
+        out = CliRunner().invoke(app, ["teach", "--tasks", str(task), "--out", str(tmp_path / "s"), "--base-url",
                                        f"http://127.0.0.1:{s.getsockname()[1]}/v1", "--model", "m",
                                        "--max-retries", "0", "--timeout", "10", "--quiet"])
     assert out.exit_code == 2
