@@ -41,6 +41,11 @@ class AnswerScoring(StrEnum):
     text = "text"
 
 
+class EvalBackend(StrEnum):
+    torch = "torch"
+    gguf = "gguf"
+
+
 class Decoding(StrEnum):
     greedy = "greedy"
     sc = "sc"
@@ -163,6 +168,10 @@ def eval_cmd(
     max_source_tokens: Annotated[int | None, typer.Option(help="Default: the training budget.")] = None,
     seed: Annotated[int, typer.Option()] = 42,
     name: Annotated[str | None, typer.Option(help="System name in reports; default: the out folder's name.")] = None,
+    backend: Annotated[EvalBackend, typer.Option(help="torch (batched PyTorch) or gguf (llama.cpp, as the runtime: "
+                                                      "faster generation on a CPU).")] = EvalBackend.torch,
+    gguf: Annotated[Path | None, typer.Option(help="The student's GGUF for --backend gguf (default: export a Q8_0 "
+                                                   "copy into --out).")] = None,
     task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
 ) -> None:
     """Evaluate a student: accuracy, invalid-output rate, per-question JSONL."""
@@ -195,7 +204,8 @@ def eval_cmd(
                      samples=samples, max_new_tokens=max_new_tokens,
                      answer_scoring=answer_scoring.value if answer_scoring else None, batch_size=batch_size,
                      max_source_tokens=max_source_tokens, retriever=retriever_name, n_docs=n_docs, pool=pool,
-                     first_stage=first_stage.value, reranker=str(reranker) if reranker else None, seed=seed, name=name)
+                     first_stage=first_stage.value, reranker=str(reranker) if reranker else None, seed=seed, name=name,
+                     backend=backend.value, gguf=str(gguf) if gguf else None)
     kb_obj = _load_kb(kb) if kb is not None else None
     retrieve = None
     if retriever_name == "reranker" and kb_obj is not None:
@@ -203,9 +213,9 @@ def eval_cmd(
             raise InputError("--retriever reranker needs --reranker PATH", field="reranker")
         from kardlite.rerank.model import Reranker
 
-        backend = "onnx" if any(reranker.glob("*.onnx")) else "torch"
+        rr_backend = "onnx" if any(reranker.glob("*.onnx")) else "torch"
         retrieve = make_retriever(kb_obj, "reranker", pool=pool, first_stage=first_stage.value,
-                                  reranker=Reranker.load(reranker, backend=backend))
+                                  reranker=Reranker.load(reranker, backend=rr_backend))
     metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
                f"forced {metrics['forced_rate']:.3f}, n {metrics['n']} -> {out}")

@@ -77,6 +77,9 @@ class EvalConfig:
         reranker: the reranker's folder, recorded with the results (a resumed run must use the same one).
         seed: sampling seed.
         name: the system's name in reports; default: the output folder's name.
+        backend: ``torch`` (batched PyTorch, fp32) or ``gguf`` (the student exported to GGUF, run by llama.cpp
+            as the CPU runtime runs it: the fast path for generation on a CPU; ``kardlite.distill.gguf_eval``).
+        gguf: the student's GGUF file for ``backend="gguf"``; None exports a Q8_0 copy into the output folder.
     """
 
     mode: Mode | None = None
@@ -96,6 +99,8 @@ class EvalConfig:
     reranker: str | None = None
     seed: int = 42
     name: str | None = None
+    backend: Literal["torch", "gguf"] = "torch"
+    gguf: str | None = None
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -336,6 +341,62 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+class _Engine:
+    """How the student runs: PyTorch on token ids, or llama.cpp on the rendered text (``backend="gguf"``)."""
+
+    def __init__(self, student: Student, backend: Any = None) -> None:
+        self.student, self.backend = student, backend
+
+    def letters(self, texts: list[str], ids: list[list[int]], n_opts: list[int],
+                suffixes: list[str] | None = None) -> list[list[float]]:
+        if self.backend is not None:
+            return self.backend.score_letters(texts, n_opts, suffixes=suffixes)
+        if suffixes is not None:
+            ids = [i + self.student.encode(s) for i, s in zip(ids, suffixes, strict=True)]
+        return score_letters(self.student, ids, n_opts)
+
+    def option_texts(self, texts: list[str], ids: list[list[int]], options: list[Sequence[str]],
+                     suffixes: list[str] | None = None) -> list[list[float]]:
+        if self.backend is not None:
+            prompts = [t + s for t, s in zip(texts, suffixes, strict=True)] if suffixes is not None else texts
+            conts = [[" " + o.strip() for o in opts] for opts in options]
+            return [[c.mean for c in row] for row in self.backend.score_continuations(prompts, conts)]
+        if suffixes is not None:
+            ids = [i + self.student.encode(s) for i, s in zip(ids, suffixes, strict=True)]
+        return score_option_texts(self.student, ids, options)
+
+    def generate(self, texts: list[str], ids: list[list[int]], n_opts: list[int], cfg: EvalConfig,
+                 seed: int) -> list[list[str]]:
+        if self.backend is not None:
+            return self.backend.generate(texts, n_opts, max_new_tokens=cfg.max_new_tokens or 256,
+                                         decoding=cfg.decoding, samples=cfg.samples, top_k=cfg.top_k,
+                                         top_p=cfg.top_p, temperature=cfg.temperature, seed=seed)
+        import torch
+
+        torch.manual_seed(seed)
+        return generate(self.student, ids, n_opts, cfg)
+
+
+def _gguf_backend(student: Student, cfg: EvalConfig, out: Path) -> tuple[Any, str]:
+    """The llama.cpp back-end for ``backend="gguf"``: the given file, or a Q8_0 export of the student."""
+    from kardlite.distill.gguf_eval import GGUFBackend
+
+    path = Path(cfg.gguf) if cfg.gguf else out / "gguf" / "student-Q8_0.gguf"
+    if not path.is_file():
+        if cfg.gguf:
+            raise InputError("GGUF file not found", path=path, field="gguf")
+        source = Path(student.name)
+        if not (source / "config.json").is_file():
+            source = source / "model"
+        if not (source / "config.json").is_file():
+            raise InputError(f"backend 'gguf' needs a local student folder to export (got {student.name!r}) or a "
+                             "GGUF file (--gguf)", field="gguf")
+        from kardlite.export.gguf import export_gguf
+
+        export_gguf(source, path.parent, quants=("Q8_0",), keep_f16=False)
+    return GGUFBackend(path), str(path)
+
+
 def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_dir: str | Path,
              config: EvalConfig | None = None, *, kb: Any = None, retrieve: Retrieve | None = None) -> dict[str, Any]:
     """Evaluate a student on labelled questions and write predictions, metrics and settings to ``out_dir``.
@@ -414,10 +475,15 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
     done = _read_done(preds_path)
     todo = [it for it in items if it.id not in done]
     started = time.time()
-    import torch
     from tqdm.auto import tqdm
 
     gen_cfg = EvalConfig(**{**asdict(cfg), "max_new_tokens": max_new})
+    backend = None
+    if cfg.backend == "gguf":
+        backend, _ = _gguf_backend(student, cfg, out)
+    elif cfg.backend != "torch":
+        raise InputError(f"unknown backend {cfg.backend!r}; choose torch or gguf", field="backend")
+    engine = _Engine(student, backend)
     student.model.eval()
     with open(preds_path, "a", encoding="utf-8") as fh, tqdm(total=len(items), initial=len(items) - len(todo),
                                                              desc=f"eval {mode}") as bar:
@@ -430,17 +496,17 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
             n_opts = [len(it.options) for it in batch]
             forced = [[False] for _ in batch]
             contradictions = [0] * len(batch)
+            texts = [p.text for p in prompts]
             if mode in ANSWER_ONLY_MODES:
-                scores = (score_letters(student, ids, n_opts) if scoring == "letter"
-                          else score_option_texts(student, ids, [it.options for it in batch]))
+                scores = (engine.letters(texts, ids, n_opts) if scoring == "letter"
+                          else engine.option_texts(texts, ids, [it.options for it in batch]))
                 outputs: list[list[str]] = [[] for _ in batch]
                 votes = [[max(range(len(sc)), key=sc.__getitem__)] for sc in scores]
             else:
                 # Seed from the batch's first id so a resumed run samples what the first run would have.
-                torch.manual_seed(cfg.seed + sum(map(ord, batch[0].id)))
                 scores = [None] * len(batch)
-                outputs = generate(student, ids, n_opts, gen_cfg)
-                votes, forced, contradictions = _read_answers(student, batch, ids, outputs, scoring)
+                outputs = engine.generate(texts, ids, n_opts, gen_cfg, cfg.seed + sum(map(ord, batch[0].id)))
+                votes, forced, contradictions = _read_answers(engine, batch, texts, ids, outputs, scoring)
             for j, (it, p, ps, outs, vs) in enumerate(zip(batch, prompts, passages, outputs, votes, strict=True)):
                 pred = vote(vs)
                 row = {"id": it.id, "gold": LETTERS[it.label], "prediction": None if pred is None else LETTERS[pred],
@@ -462,8 +528,8 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
     return metrics
 
 
-def _read_answers(student: Student, batch: Sequence[QAItem], ids: list[list[int]], outputs: list[list[str]],
-                  scoring: str) -> tuple[list[list[int | None]], list[list[bool]], list[int]]:
+def _read_answers(engine: _Engine | Student, batch: Sequence[QAItem], texts: list[str], ids: list[list[int]],
+                  outputs: list[list[str]], scoring: str) -> tuple[list[list[int | None]], list[list[bool]], list[int]]:
     """Votes per question from its outputs: parsed (forced where none), or scored after the rationale."""
     votes: list[list[int | None]] = []
     forced: list[list[bool]] = []
@@ -479,11 +545,14 @@ def _read_answers(student: Student, batch: Sequence[QAItem], ids: list[list[int]
             if v is None:
                 need.append((q, k))
     if need:
-        cont = [ids[q] + student.encode(_rationale_part(outputs[q][k]) + "\nAnswer:") for q, k in need]
+        if isinstance(engine, Student):
+            engine = _Engine(engine)
+        suffixes = [_rationale_part(outputs[q][k]) + "\nAnswer:" for q, k in need]
+        texts_, ids_ = [texts[q] for q, _ in need], [ids[q] for q, _ in need]
         if scoring == "text":
-            scores = score_option_texts(student, cont, [batch[q].options for q, _ in need])
+            scores = engine.option_texts(texts_, ids_, [batch[q].options for q, _ in need], suffixes)
         else:
-            scores = score_letters(student, cont, [len(batch[q].options) for q, _ in need])
+            scores = engine.letters(texts_, ids_, [len(batch[q].options) for q, _ in need], suffixes)
         for (q, k), sc in zip(need, scores, strict=True):
             votes[q][k] = max(range(len(sc)), key=sc.__getitem__)
             forced[q][k] = scoring == "generated"

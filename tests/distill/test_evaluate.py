@@ -114,12 +114,13 @@ def test_answers_read_as_option_text_and_contradictions_counted(tiny_llama_dir):
     outputs = [["The sun is a star. Therefore, the answer is yes.",
                 "At first the answer is (B) no, but the sun is a star.\nAnswer: A",
                 "The sun shines and shines"]]
-    ids = [student.encode(student.prompt(yes_no, "rd").text)]
-    votes, forced, contradictions = _read_answers(student, [yes_no], ids, outputs, "generated")
+    texts = [student.prompt(yes_no, "rd").text]
+    ids = [student.encode(texts[0])]
+    votes, forced, contradictions = _read_answers(student, [yes_no], texts, ids, outputs, "generated")
     assert votes[0][:2] == [0, 0] and forced[0] == [False, False, True] and votes[0][2] in (0, 1)
     assert contradictions == [1]  # the second output states B, then answers A
     # scoring after the rationale reads every output by likelihood, none counted as forced
-    votes, forced, _ = _read_answers(student, [yes_no], ids, outputs, "text")
+    votes, forced, _ = _read_answers(student, [yes_no], texts, ids, outputs, "text")
     assert all(v in (0, 1) for v in votes[0]) and forced[0] == [False, False, False]
 
 
