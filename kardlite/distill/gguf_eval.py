@@ -185,21 +185,27 @@ class GGUFBackend:
         return results
 
     # ------------------------------------------------------------------------------------------ scoring
-    def score_letters(self, prompt_texts: Sequence[str], n_options: Sequence[int]) -> list[list[float]]:
+    def score_letters(self, prompt_texts: Sequence[str], n_options: Sequence[int], *,
+                      suffixes: Sequence[str] | None = None) -> list[list[float]]:
         """Log-probability of each option letter (`` A``, `` B``, ...) as the next token after each prompt.
 
         Args:
             prompt_texts: rendered prompts; for letter scoring they end with the ``Answer:`` cue.
             n_options: options per question.
+            suffixes: model-side text appended to each prompt, tokenised on its own (``special=False``), e.g. a
+                generated rationale + ``"\nAnswer:"`` to force an answer: the ids are
+                ``tokenize(prompt) + tokenize(suffix)``, as ``evaluate`` builds ``ids + student.encode(suffix)``.
 
         Returns:
             Per prompt, one natural-log probability per option letter.
         """
         if len(prompt_texts) != len(n_options):
             raise InputError(f"{len(prompt_texts)} prompts but {len(n_options)} option counts", field="n_options")
+        if suffixes is not None and len(suffixes) != len(prompt_texts):
+            raise InputError(f"{len(prompt_texts)} prompts but {len(suffixes)} suffixes", field="suffixes")
         out = []
-        for text, n_opt in zip(prompt_texts, n_options, strict=True):
-            ids = self.tokenize(text)
+        for i, (text, n_opt) in enumerate(zip(prompt_texts, n_options, strict=True)):
+            ids = self.tokenize(text) + (self._tokenize_text(suffixes[i]) if suffixes is not None else [])
             self._fits(ids, 1, "the scored token")
             logp = self._prefill(ids)
             out.append([float(logp[t]) for t in self.letter_ids(n_opt)])

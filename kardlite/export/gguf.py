@@ -12,8 +12,21 @@ Three steps (docs/environment.md, "Student → GGUF"):
 3. ``llama_cpp.llama_model_quantize`` writes Q8_0 / Q4_K_M (or Q4_0) from the fixed f16 file.
 
 Each file is then checked against the PyTorch model (:func:`verify_gguf`): same tokenisation, the same greedy
-continuation (f16, Q8_0; a divergence is only tolerated at a near-tie of the PyTorch logits) and a next-token
-agreement rate (Q4_K_M). A failed check raises :class:`ArtifactError` with the numbers.
+continuation (f16, Q8_0; a divergence is only tolerated at a near-tie of the PyTorch logits) and next-token
+agreement rates (all types). A failed check raises :class:`ArtifactError` with the numbers.
+
+Why a Q4_K_M file used to pass with ``greedy_match: [0, 0, 0]``: its greedy output was never compared at all
+(only f16/Q8_0 were held to it), and its one gate, teacher-forced agreement over every position of prompt +
+continuation, is dominated by the ~100 prompt positions, so 0.90 said little about what the model writes. The
+three check prompts also all end with the same bare ``<|im_start|>assistant\n``, a position a trained student
+never saw in training (its prompts end with the ``Explanation:`` cue), so a single close call at that one
+position shows on all three at once. Now, for every type: the greedy output must not differ from the first
+token on every check prompt; agreement is also measured over the greedy continuation alone
+(``MIN_CONTINUATION_AGREEMENT``); and a trained student is checked on one more prompt in its own format (mode,
+passages, cue).
+
+Thresholds (``MIN_AGREEMENT`` over non-tie positions / ``MIN_CONTINUATION_AGREEMENT``): f16 0.98 / 0.95,
+Q8_0 0.95 / 0.90, Q4_K_M 0.85 / 0.75, Q4_0 0.80 / 0.70; measured values are in ``docs/results/eval-backends.md``.
 
 LoRA-adapter GGUFs are left out on purpose: students are saved merged, a merged 135M student is ~100 MB in
 Q4_K_M, and an adapter would only pay off with several students sharing one base on one device.
@@ -43,12 +56,17 @@ _FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
 # GGUF-derived tokenizer does not parse, and the tokenizer is replaced by the base GGUF's fields anyway.
 _SKIP_FILES = {"tokenizer.model"}
 
-# Verification thresholds. f16 and Q8_0 must reproduce the PyTorch greedy continuation; a divergence is only
-# accepted where PyTorch itself barely prefers its token (logit gap below the tie margin), since after that the
-# two contexts differ and nothing more can be compared. Q4_K_M is lossy enough that greedy paths do split, so
-# it is judged by teacher-forced next-token agreement over every position of prompt + continuation.
+# Verification thresholds (measured numbers in the module docstring). f16 and Q8_0 must reproduce the PyTorch
+# greedy continuation; a divergence is only accepted where PyTorch itself barely prefers its token (logit gap below
+# the tie margin), since after that the two contexts differ and nothing more can be compared. 4-bit files are
+# lossy enough that greedy paths do split, so they are judged by teacher-forced next-token agreement: over every
+# position of prompt + continuation where PyTorch is not near a tie (MIN_AGREEMENT), and over the continuation
+# alone (MIN_CONTINUATION_AGREEMENT: the positions that decide what the model writes; prompt positions are easy
+# and used to hide a broken continuation). Every type fails when its greedy output differs from the first token
+# on every check prompt, whatever the margins.
 TIE_MARGIN = {"f16": 0.05, "Q8_0": 0.3, "Q4_K_M": 0.3, "Q4_0": 0.3}
 MIN_AGREEMENT = {"f16": 0.98, "Q8_0": 0.95, "Q4_K_M": 0.85, "Q4_0": 0.80}
+MIN_CONTINUATION_AGREEMENT = {"f16": 0.95, "Q8_0": 0.90, "Q4_K_M": 0.75, "Q4_0": 0.70}
 GREEDY_EXACT = {"f16", "Q8_0"}
 
 # Fixed verification texts: chat-formatted prompts of the shape the runtime builds, plus tokeniser edge cases.
@@ -65,6 +83,12 @@ TOKENIZER_PROBES: tuple[str, ...] = (
     "Numbers 1234567 and 3.14159; symbols @#$%^&*() — em-dash, café, naïve, 日本語, emoji 🙂.",
     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
 )
+# A trained student is also checked on a prompt of its own format (mode from kardlite_student.json), ending with
+# the cue it was trained to continue: the first tokens after a bare "assistant\n" are a position it never saw in
+# training, where its top-2 logits can sit close together on every prompt alike.
+VERIFY_QUESTION = ("Which organ filters blood to make urine?", ("heart", "kidney", "lung", "liver"), 1)
+VERIFY_PASSAGES = (("kidney", "Kidney", "The kidneys filter blood plasma and excrete waste as urine."),
+                   ("heart", "Heart", "The heart pumps blood through the blood vessels of the body."))
 
 
 class VerifyReport(TypedDict):
@@ -78,7 +102,10 @@ class VerifyReport(TypedDict):
     greedy_split_margins: list[float | None]  # PyTorch logit gap where the split happened (None: no split)
     agreement: float                 # teacher-forced next-token agreement over all positions
     confident_agreement: float       # the same over positions where PyTorch's top-2 logit gap >= the tie margin
+    continuation_agreement: float    # the same over the greedy continuation's positions only
+    student_prompt: str | None       # the trained student's own prompt format checked too (its mode), if any
     ok: bool
+    problems: list[str]              # why ok is False (empty when ok)
     seconds: float
 
 
@@ -309,6 +336,8 @@ class _Reference:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.greedy_tokens = greedy_tokens
+        info_path = model_dir / "kardlite_student.json"  # a trained student's mode and prompt settings
+        self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         self._cache: dict[tuple[int, ...], tuple[list[int], Any]] = {}
 
     def encode(self, text: str) -> list[int]:
@@ -342,14 +371,34 @@ def _chat_template_of(llm: Any) -> str:
     return template
 
 
+def _student_prompt(ref: _Reference, template: str) -> tuple[str, str] | None:
+    """(mode, prompt text) in the trained student's own format, or None for a model without kardlite info."""
+    from kardlite.data.records import QAItem
+    from kardlite.kb.passage import Passage
+    from kardlite.prompts import MODES, build_prompt
+
+    mode = ref.info.get("mode")
+    if mode not in MODES:
+        return None
+    stem, options, label = VERIFY_QUESTION
+    item = QAItem("verify", stem, options, label)
+    passages = [Passage(id=i, title=t, text=x) for i, t, x in VERIFY_PASSAGES]
+    use_chat = bool(ref.info.get("use_chat_template", True))
+    prompt = build_prompt(item, mode, passages=passages, max_tokens=int(ref.info.get("max_source_tokens") or 512),
+                          count_tokens=lambda text: len(ref.encode(text)), chat_template=template if use_chat else None)
+    return mode, prompt.text
+
+
 def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant: Quant, *,
                 greedy_tokens: int = 16, threads: int | None = None, raise_on_fail: bool = True) -> VerifyReport:
     """Compare a GGUF with the PyTorch model it came from.
 
-    Checks: (1) llama.cpp and the transformers tokenizer give the same ids for the fixed prompts and probes;
+    Check prompts: three chat prompts, plus, for a trained student, one in its own format (mode, cue, passages).
+    Checks: (1) llama.cpp and the transformers tokenizer give the same ids for the prompts and probes;
     (2) for f16/Q8_0 the llama.cpp greedy continuation equals PyTorch's, except a split where PyTorch's own
-    logit gap is below ``TIE_MARGIN``; (3) teacher-forced next-token agreement over every position is at least
-    ``MIN_AGREEMENT[quant]``.
+    logit gap is below ``TIE_MARGIN``; (3) for every type, the greedy output does not differ from the first
+    token on every prompt; (4) teacher-forced next-token agreement is at least ``MIN_AGREEMENT[quant]`` over
+    all non-tie positions and at least ``MIN_CONTINUATION_AGREEMENT[quant]`` over the continuation.
 
     Args:
         gguf_path: the exported file.
@@ -360,7 +409,7 @@ def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant
         raise_on_fail: raise ArtifactError on a failed check (default) instead of returning ``ok=False``.
 
     Returns:
-        A VerifyReport.
+        A VerifyReport; ``problems`` says what failed.
 
     Raises:
         ArtifactError: a check failed; the message carries the numbers.
@@ -376,6 +425,9 @@ def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant
     try:
         template = _chat_template_of(llm)
         prompts = [render_chat(t, template) for t in VERIFY_USER_TEXTS]
+        own = _student_prompt(ref, template)
+        if own is not None:
+            prompts.append(own[1])
         tok_ok = True
         bad_text = None
         for text in (*prompts, *TOKENIZER_PROBES):
@@ -385,7 +437,7 @@ def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant
                 break
         matches: list[int] = []
         margins: list[float | None] = []
-        agree = total = c_agree = c_total = 0
+        agree = total = c_agree = c_total = g_agree = g_total = 0
         greedy_ok = True
         for text in prompts:
             prompt = ref.encode(text)
@@ -401,6 +453,9 @@ def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant
             total += len(seq) - 1
             c_agree += int(same[confident].sum())
             c_total += int(confident.sum())
+            # Positions len(prompt) - 1 onwards predict the continuation PyTorch wrote.
+            g_agree += int(same[len(prompt) - 1:].sum())
+            g_total += len(seq) - len(prompt)
             # Free-running greedy from the prompt, compared with PyTorch's continuation.
             llm.reset()
             llm.eval(prompt)
@@ -421,23 +476,34 @@ def verify_gguf(gguf_path: str | Path, reference: str | Path | _Reference, quant
         llm.close()
     agreement = agree / max(total, 1)
     c_agreement = c_agree / max(c_total, 1)
-    ok = tok_ok and greedy_ok and c_agreement >= MIN_AGREEMENT[quant]
+    g_agreement = g_agree / max(g_total, 1)
+    problems = []
+    if not tok_ok:
+        problems.append(f"tokenisation differs from transformers on {bad_text[:60]!r}")
+    if all(m == 0 for m in matches):
+        problems.append(f"greedy output differs from PyTorch's from the first token on all {len(prompts)} check "
+                        f"prompts (PyTorch logit gaps there: {_fmt(margins)})")
+    elif not greedy_ok:
+        problems.append(f"greedy continuation splits from PyTorch: matched {matches} of {ref.greedy_tokens} "
+                        f"tokens, PyTorch logit gaps at the splits {_fmt(margins)} (tie margin {TIE_MARGIN[quant]})")
+    if c_agreement < MIN_AGREEMENT[quant]:
+        problems.append(f"next-token agreement {c_agreement:.3f} < {MIN_AGREEMENT[quant]} over {c_total} positions "
+                        f"where PyTorch is not near a tie (all {total} positions: {agreement:.3f})")
+    if g_agreement < MIN_CONTINUATION_AGREEMENT[quant]:
+        problems.append(f"next-token agreement over the greedy continuation {g_agreement:.3f} < "
+                        f"{MIN_CONTINUATION_AGREEMENT[quant]} ({g_total} positions)")
     report = VerifyReport(quant=quant, prompts=len(prompts), tokenization_match=tok_ok, greedy_tokens=ref.greedy_tokens,
                           greedy_match=matches, greedy_split_margins=margins, agreement=round(agreement, 4),
-                          confident_agreement=round(c_agreement, 4), ok=ok,
+                          confident_agreement=round(c_agreement, 4), continuation_agreement=round(g_agreement, 4),
+                          student_prompt=own[0] if own else None, ok=not problems, problems=problems,
                           seconds=round(time.perf_counter() - t0, 2))
-    if not ok and raise_on_fail:
-        reasons = []
-        if not tok_ok:
-            reasons.append(f"tokenisation differs from transformers on {bad_text[:60]!r}")
-        if not greedy_ok:
-            reasons.append(f"greedy continuation splits from PyTorch: matched {matches} of {ref.greedy_tokens} "
-                           f"tokens, PyTorch logit gaps at the splits {margins} (tie margin {TIE_MARGIN[quant]})")
-        if c_agreement < MIN_AGREEMENT[quant]:
-            reasons.append(f"next-token agreement {c_agreement:.3f} < {MIN_AGREEMENT[quant]} over {c_total} positions "
-                           f"where PyTorch is not near a tie (all {total} positions: {agreement:.3f})")
-        raise ArtifactError(f"{gguf_path} ({quant}) does not match its PyTorch model: " + "; ".join(reasons))
+    if problems and raise_on_fail:
+        raise ArtifactError(f"{gguf_path} ({quant}) does not match its PyTorch model: " + "; ".join(problems))
     return report
+
+
+def _fmt(margins: Sequence[float | None]) -> str:
+    return "[" + ", ".join("-" if m is None else f"{m:.3f}" for m in margins) + "]"
 
 
 # ---------------------------------------------------------------------------------------------- all together

@@ -39,8 +39,10 @@ def test_export_verification_is_recorded(tiny_bundle: Path) -> None:
     import json
 
     report = json.loads((tiny_bundle / "manifest.json").read_text())["student"]["verify"]["f16"]
-    assert report["ok"] and report["tokenization_match"]
+    assert report["ok"] and report["tokenization_match"] and report["problems"] == []
     assert report["greedy_match"] == [report["greedy_tokens"]] * report["prompts"]
+    assert report["continuation_agreement"] == 1.0
+    assert report["student_prompt"] is None  # a plain HF folder: no kardlite_student.json, no mode
 
 
 def test_gguf_greedy_output_equals_pytorch(tiny_bundle: Path, tiny_student: Path) -> None:
@@ -118,3 +120,59 @@ def test_student_with_another_vocabulary_is_refused(tiny_bundle: Path, tmp_path:
 
     with pytest.raises(ArtifactError, match=r"vocabulary is not other.gguf's \(49152 vs 3 tokens"):
         _with_base_tokenizer(tiny_bundle / "student.gguf", other, tmp_path / "x.gguf", name=None)
+
+
+def _damaged_copy(src: Path, dst: Path, *, tensor: str, seed: int = 0) -> Path:
+    """``src`` with one weight tensor overwritten by random values of the same type and size."""
+    import shutil
+
+    import gguf
+    import numpy as np
+
+    shutil.copyfile(src, dst)
+    info = next(t for t in gguf.GGUFReader(src).tensors if t.name == tensor)
+    noise = np.random.default_rng(seed).normal(0, 0.5, size=info.data.size).astype(info.data.dtype)
+    with open(dst, "r+b") as fh:
+        fh.seek(int(info.data_offset))
+        fh.write(noise.tobytes())
+    return dst
+
+
+def test_damaged_gguf_is_not_ok(tiny_bundle: Path, tiny_student: Path, tmp_path: Path) -> None:
+    """One scrambled attention matrix: same tokenizer, same shapes, and the check must still refuse the file."""
+    from kardlite.export.gguf import verify_gguf
+
+    bad = _damaged_copy(tiny_bundle / "student.gguf", tmp_path / "bad.gguf", tensor="blk.0.attn_q.weight")
+    report = verify_gguf(bad, tiny_student, "Q4_K_M", greedy_tokens=8, threads=2, raise_on_fail=False)
+    assert report["tokenization_match"] and not report["ok"], report
+    assert any("agreement" in p for p in report["problems"]), report["problems"]
+    with pytest.raises(ArtifactError, match=r"bad\.gguf \(Q4_K_M\) does not match its PyTorch model"):
+        verify_gguf(bad, tiny_student, "Q4_K_M", greedy_tokens=8, threads=2)
+
+
+def test_gguf_of_another_model_fails_from_the_first_token(tiny_student: Path) -> None:
+    """The packaged SmolLM2 shares the tiny student's tokenizer, so only the outputs can tell them apart: it writes
+    something else from the first token on every check prompt, which fails even 4-bit's loose thresholds."""
+    from kardlite.export.gguf import verify_gguf
+
+    report = verify_gguf(BASE_GGUF, tiny_student, "Q4_K_M", greedy_tokens=4, threads=2, raise_on_fail=False)
+    assert report["tokenization_match"] and report["greedy_match"] == [0, 0, 0], report
+    assert not report["ok"]
+    assert report["problems"][0].startswith("greedy output differs from PyTorch's from the first token on all 3")
+
+
+def test_trained_student_is_also_checked_in_its_own_prompt_format(tiny_bundle: Path, tiny_student: Path,
+                                                                   tmp_path: Path) -> None:
+    """A student folder with kardlite_student.json adds a prompt of its mode, ending with its cue."""
+    import json
+
+    from kardlite.export.gguf import verify_gguf
+
+    student = tmp_path / "student"
+    student.mkdir()
+    for item in tiny_student.iterdir():
+        (student / item.name).symlink_to(item.resolve())
+    (student / "kardlite_student.json").write_text(json.dumps({"mode": "kard", "max_source_tokens": 256}))
+    report = verify_gguf(tiny_bundle / "student.gguf", student, "f16", greedy_tokens=8, threads=2)
+    assert report["ok"] and report["student_prompt"] == "kard" and report["prompts"] == 4
+    assert len(report["greedy_match"]) == 4 and report["continuation_agreement"] >= 0.95
