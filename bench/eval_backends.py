@@ -15,7 +15,7 @@ output counts as its own value), same letter where both are valid, identical tex
 and wall seconds per question for each back-end. The GGUF is exported (Q8_0, verified) when ``--gguf`` is absent.
 
     /work/bin/low env OMP_NUM_THREADS=2 .venv/bin/python bench/eval_backends.py --student runs/x/student-rd \
-        --tasks ../shared/data/obqa/Main/test.jsonl --limit 100 --out docs/results/eval-backends.json
+        --tasks $OBQA/Main/test.jsonl --limit 100 --out docs/results/eval-backends.json
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ this bench) measured in the same run.
     .venv/bin/python bench/train_speed.py --shapes ft,rd,kard --variants baseline,default
     .venv/bin/python bench/train_speed.py --examples 96 --out docs/results/train-speed.json
 
-Needs the OBQA data (``--obqa``, default ../shared/data/obqa) and the train extra.
+Needs the OBQA data (``--obqa``, default ``$KARDLITE_OBQA``; layout: docs/environment.md) and the train extra.
 """
 
 from __future__ import annotations
