@@ -128,3 +128,27 @@ def test_bad_arguments_are_input_errors(backends) -> None:
         be.generate(["a"], [4], decoding="beam")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="exceed the context window of 1024 tokens"):
         be.generate(["word " * 1100], [4], max_new_tokens=8)
+
+
+def test_evaluate_through_the_gguf_backend_matches_pytorch(tmp_path, tiny_student: Path, tiny_bundle: Path) -> None:
+    import json
+
+    from kardlite.distill.evaluate import EvalConfig, evaluate
+
+    gguf = str(tiny_bundle / "student.gguf")
+    rows = {}
+    for backend in ("torch", "gguf"):
+        for mode in ("ft", "rd"):
+            cfg = EvalConfig(mode=mode, max_new_tokens=N_NEW, max_source_tokens=256, backend=backend,
+                             gguf=gguf if backend == "gguf" else None)
+            m = evaluate(tiny_student, QUESTIONS, tmp_path / f"{backend}-{mode}", cfg)
+            assert m["n"] == len(QUESTIONS) and m["invalid"] == 0  # letters scored, or forced at the cap
+            rows[backend, mode] = [json.loads(x) for x in
+                                   (tmp_path / f"{backend}-{mode}" / "predictions.jsonl").read_text().splitlines()]
+    same_ft = sum(a["prediction"] == b["prediction"] for a, b in zip(rows["torch", "ft"], rows["gguf", "ft"],
+                                                                      strict=True))
+    same_rd = sum(a["prediction"] == b["prediction"] for a, b in zip(rows["torch", "rd"], rows["gguf", "rd"],
+                                                                      strict=True))
+    assert same_ft == len(QUESTIONS) and same_rd >= MIN_SAME_GREEDY
+    settings = json.loads((tmp_path / "gguf-rd" / "eval.json").read_text())
+    assert settings["backend"] == "gguf" and settings["gguf"] == gguf
