@@ -54,7 +54,8 @@ def is_fast() -> bool:
 def bundle_mode(path: str | Path) -> Mode | None:
     """The mode recorded in a complete demo bundle at ``path``, or None when there is no complete bundle."""
     manifest = Path(path) / "manifest.json"
-    if not manifest.is_file():
+    # A bundle from before manifests had a digest (bundle.sha256) would be refused by the runtime: rebuild it.
+    if not manifest.is_file() or not (Path(path) / "bundle.sha256").is_file():
         return None
     try:
         mode = read_json(manifest).get("demo", {}).get("mode")
@@ -205,8 +206,7 @@ def _stage_student_fast(log: _Log) -> Path:
 
 def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode: Mode, log: _Log,
                   started: float) -> None:
-    from kardlite._io import atomic_write_json
-    from kardlite.export.bundle import MANIFEST, export_bundle
+    from kardlite.export.bundle import MANIFEST, export_bundle, write_manifest
 
     what = "copying the GGUF" if student.suffix == ".gguf" else f"{QUANT} GGUF export checked against PyTorch"
     t = log.stage(f"bundle ({what}; reranker to int8 ONNX)" if reranker else f"bundle ({what})", reused=False)
@@ -221,5 +221,5 @@ def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode
                         if reranker else None,
                         "settings": {"reranker": RERANK_SETTINGS, "student": STUDENT_SETTINGS} if mode == "full"
                         else None}
-    atomic_write_json(out / MANIFEST, manifest)
+    write_manifest(out, manifest)  # with its digest, or the runtime would refuse the edited manifest
     log.done(t)

@@ -102,3 +102,49 @@ def bundle(
     size = sum(f["bytes"] for f in manifest["files"].values())
     student_quant = manifest["student"]["quant"]
     typer.echo(f"{written}  ({len(manifest['files'])} files, {size / 2**20:.1f} MiB, student {student_quant})")
+
+
+@app.command()
+@cli_errors
+def keygen(
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM; keep it secret).")],
+    public_key: Annotated[Path, typer.Argument(help="Where to write the public key (PEM; give it to runtimes).")],
+) -> None:
+    """Make an Ed25519 key pair for signing bundles (needs the `sign` extra)."""
+    from kardlite.export.bundle import generate_signing_key
+
+    generate_signing_key(private_key, public_key)
+    typer.echo(f"private key {private_key} (mode 0600), public key {public_key}")
+
+
+@app.command()
+@cli_errors
+def sign(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).")],
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key, PEM (kardlite export keygen).")],
+) -> None:
+    """Verify a bundle, then sign its manifest (bundle.sig); `kardlite ask --trusted-key PUB` checks it."""
+    from kardlite.export.bundle import sign_bundle
+
+    out = sign_bundle(bundle_dir, key)
+    typer.echo(f"signed: {out}")
+
+
+@app.command("verify")
+@cli_errors
+def verify_cmd(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).")],
+    trusted_key: Annotated[Path | None, typer.Option(help="Also require a signature by this public key (PEM).")]
+    = None,
+    allow_extra: Annotated[bool, typer.Option("--allow-extra", help="Report unlisted files instead of refusing.")]
+    = False,
+) -> None:
+    """Check a bundle: manifest digest, no links or unlisted files, every file's size and sha256, signature."""
+    from kardlite.export.bundle import read_manifest, verify_bundle
+
+    manifest = read_manifest(bundle_dir)
+    extra = verify_bundle(bundle_dir, manifest, allow_extra=allow_extra, trusted_key=trusted_key)
+    for rel in extra:
+        typer.echo(f"warning: {bundle_dir / rel}: not listed in manifest.json (never read)", err=True)
+    signed = " and signed by the trusted key" if trusted_key else ""
+    typer.echo(f"ok: {bundle_dir} ({len(manifest['files'])} files match manifest.json{signed})")

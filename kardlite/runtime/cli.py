@@ -26,6 +26,8 @@ def ask(
                                                              "below this; the reason is printed instead.")] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Append a JSONL audit record of the answer to this file.")]
     = None,
+    trusted_key: Annotated[Path | None, typer.Option(help="Refuse the bundle unless signed by this Ed25519 public "
+                                                     "key (PEM; kardlite export sign).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole Answer as JSON.")] = False,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print the rationale as it is written.")]
     = False,
@@ -34,7 +36,8 @@ def ask(
     from kardlite.runtime import load
 
     # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
-    pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log)
+    pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log,
+                trusted_key=trusted_key)
     kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "abstain_below": abstain_below}
     answer = None

@@ -27,7 +27,7 @@ from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.export.bundle import KB_DIR, MANIFEST, read_manifest, verify_bundle
 from kardlite.kb.passage import Hit
-from kardlite.prompts import build_prompt, parse_answer, vote
+from kardlite.prompts import Segment, build_prompt, parse_answer, vote
 from kardlite.rerank.late import WARM_LIMIT
 from kardlite.runtime.audit import AuditLog, utc_now
 from kardlite.runtime.confidence import Calibrator, raw_confidence, support
@@ -36,9 +36,11 @@ from kardlite.runtime.types import Abstention, Answer, Candidate, PassageShown, 
 # A question longer than this many characters per budget token cannot fit the prompt anyway (English BPE runs
 # 3-5 characters a token); refusing it before tokenising keeps a pasted 100 KB document from costing anything.
 _CHARS_PER_TOKEN_LIMIT = 8
-_ANSWER_LINE = re.compile(r"\s*\bAnswer\s*(?:is)?\s*[:：]", re.IGNORECASE)
+# Linear time on model output: possessive runs of whitespace cannot be split between the two \s (the old
+# pattern, with a leading \s* too, took 7.9 s on "Answer" + 10,000 spaces).
+_ANSWER_LINE = re.compile(r"\bAnswer\s*+(?:is)?\s*+[:：]", re.IGNORECASE)
 # The text so far ends with an answer line's prefix: the next token is the letter (checked on a short tail only).
-_ANSWER_END = re.compile(r"\bAnswer\s*(?:is)?\s*[:：]\s*$", re.IGNORECASE)
+_ANSWER_END = re.compile(r"\bAnswer\s*+(?:is)?\s*+[:：]\s*+$", re.IGNORECASE)
 _TAIL = 24
 
 
@@ -178,7 +180,7 @@ class Pipeline:
             t0 = time.perf_counter()
             prompt = self._build(item, [_PassageView(h) for h in shown_hits])
             t_prompt = time.perf_counter() - t0
-            prompt_ids = self._tokenize(prompt.text)
+            prompt_ids = self._tokenize(prompt.segments)
             if len(prompt_ids) + max_new > self.n_ctx:
                 raise InputError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new}) exceed the "
                                  f"context window of {self.n_ctx} tokens", field="max_new_tokens")
@@ -247,6 +249,7 @@ class Pipeline:
     def _validate_question(self, question: Any, options: Sequence[str] | None) -> tuple[Any, list[str]]:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty", field="question")
+        _check_unicode(question, "question")
         limit = _CHARS_PER_TOKEN_LIMIT * self.max_tokens
         if len(question) > limit:
             raise InputError(f"the question is {len(question):,} characters, far over the prompt budget of "
@@ -263,6 +266,7 @@ class Pipeline:
         for i, opt in enumerate(opts):
             if not isinstance(opt, str) or not opt.strip():
                 raise InputError(f"option {LETTERS[i]} is empty or not text", field="options")
+            _check_unicode(opt, "options")
         if sum(len(o) for o in opts) > limit:
             raise InputError(f"the options are {sum(len(o) for o in opts):,} characters, over the limit of "
                              f"{limit:,}", field="options")
@@ -276,16 +280,18 @@ class Pipeline:
             raise InputError(f"{name} must be a positive integer, got {value!r}", field=name)
         return value
 
-    def _tokenize(self, text: str) -> list[int]:
-        # special=True: chat markers in the rendered text are single control tokens, as transformers encodes them.
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def _tokenize(self, segments: Sequence[Segment]) -> list[int]:
+        # Chat markers of the template become single control tokens (as transformers encodes them); the user turn
+        # (question, options, passages) is plain text, so a "<|im_end|>" typed in a question stays text.
+        return [i for text, special in segments if text
+                for i in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)]
 
-    def _count(self, text: str) -> int:
-        return len(self._tokenize(text))
+    def _count(self, segments: Sequence[Segment]) -> int:
+        return len(self._tokenize(segments))
 
     def _build(self, item: Any, passages: Sequence[Any]) -> Any:
         return build_prompt(item, self.mode, passages=passages, max_tokens=self.max_tokens,  # type: ignore[arg-type]
-                            count_tokens=self._count, chat_template=self.chat_template, bos_token=self._bos,
+                            count_segments=self._count, chat_template=self.chat_template, bos_token=self._bos,
                             eos_token=self._eos)
 
     def _generate(self, prompt_ids: list[int], max_new: int, temperature: float, seed: int, n_letters: int = 0,
@@ -413,6 +419,15 @@ class Pipeline:
                       confidence=0.0, confidence_raw=0.0, signals={}, abstention=None)
 
 
+def _check_unicode(text: str, field: str) -> None:
+    """A lone surrogate (from a badly decoded file or a JS client) cannot be encoded as UTF-8 for the model."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(f"not valid Unicode text: a lone surrogate U+{ord(text[err.start]):04X} at character "
+                         f"{err.start}", field=field) from None
+
+
 class _PassageView:
     """A Hit seen as the ``PassageLike`` the prompt builder takes (id, title, text)."""
 
@@ -436,13 +451,16 @@ def _rationale(text: str) -> str:
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int | None = None,
-         warm_reranker: int = WARM_LIMIT, audit_log: str | Path | None = None) -> Pipeline:
+         warm_reranker: int = WARM_LIMIT, audit_log: str | Path | None = None, trusted_key: str | Path | None = None,
+         allow_extra: bool = False) -> Pipeline:
     """Open a bundle written by ``export_bundle``.
 
     Args:
         path: the bundle folder.
         threads: CPU threads for llama.cpp and onnxruntime (None: their defaults, all cores).
-        verify: check every file's size and sha256 against the manifest first (~0.3 s per 100 MB).
+        verify: check every file's sha256 against the manifest first (~0.3 s per 100 MB). The manifest's own
+            digest, the sizes, and the bundle's confinement (relative paths, no links, no unlisted files) are
+            checked always.
         n_ctx: llama.cpp context window; default the bundle's (1024).
         warm_reranker: a late-interaction reranker fills its cache with the KB's passages at load time when the
             KB has at most this many, so that each question then costs one query encoding instead of one per
@@ -451,20 +469,23 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             as questions come.
         audit_log: a JSONL file to append one record per answer to (see :mod:`kardlite.runtime.audit`); a torn
             last line left by a killed process is repaired when it is opened. None = no log.
+        trusted_key: a PEM Ed25519 public key file: refuse the bundle unless its manifest is signed by this key
+            (``kardlite export sign``); implies ``verify``. Needs the ``sign`` extra (``cryptography``).
+        allow_extra: accept files the manifest does not list (they are never read); default: refuse them.
 
     Returns:
         A ready Pipeline.
 
     Raises:
-        ArtifactError: the folder is not a bundle, or a file is missing, truncated or altered (named).
+        ArtifactError: the folder is not a bundle; a file is missing, truncated, altered, a link or unlisted; the
+            manifest differs from its digest; a manifest path leaves the bundle; a bad signature (all named).
     """
     from kardlite._llama import load_llama
     from kardlite.kb import KnowledgeBase
 
     path = Path(path)
     manifest = read_manifest(path)
-    if verify:
-        verify_bundle(path, manifest)
+    verify_bundle(path, manifest, hashes=verify, allow_extra=allow_extra, trusted_key=trusted_key)
     calibrator = None
     if manifest.get("calibration"):
         from kardlite.runtime.confidence import CALIBRATION_FILE
@@ -488,8 +509,8 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             passages = list(kb)  # read once for both steps
             if rr.get("passage_cache"):
                 # verify_bundle has just hashed the reranker's files: its manifest sha256s need no second pass
-                checked = {rel.split("/", 1)[1]: info["sha256"] for rel, info in manifest["files"].items()
-                           if rel.startswith(f"{rr['dir']}/")} if verify else None
+                checked = {rel[len(rr["dir"]) + 1:]: info["sha256"] for rel, info in manifest["files"].items()
+                           if rel.startswith(f"{rr['dir']}/")} if verify or trusted_key is not None else None
                 reranker.load_passage_cache(path / rr["dir"] / rr["passage_cache"], passages, file_sha256=checked)
             # encodes what the file lacked (all of the KB without one); a bar when it takes more than ~10 s
             reranker.warm(passages, progress=len(passages) > 5_000)

@@ -40,7 +40,7 @@ def build_tiny_student(out: Path) -> Path:
 def build_tiny_bundle(root: Path) -> Path:
     """KB (demo passages, BM25 + int8 dense) + ONNX reranker + tiny f16 student → ``root/bundle/tiny`` (reused)."""
     bundle = root / "bundle" / "tiny"
-    if (bundle / "manifest.json").is_file():
+    if (bundle / "manifest.json").is_file() and (bundle / "bundle.sha256").is_file():
         return bundle
     from kardlite.demo import demo_passages
     from kardlite.export.bundle import export_bundle
