@@ -9,10 +9,17 @@ the cue and always ends with ``Answer: <letter>``.
 The token budget is explicit and shared by training and inference: the question and its options are never
 cut; passages are dropped or trimmed (whole passages first, then the last one at a word boundary) until the
 whole input fits.
+
+Text from users, files and models is data. A prompt therefore also comes as segments (``Prompt.segments``):
+the chat template's own markup, whose special-token strings (``<|im_start|>`` ...) become control tokens, and
+the user turn (instruction, question, options, passages), which is tokenised as plain text, so a question that
+contains ``<|im_end|>`` cannot open a new turn. Training, evaluation and the runtime tokenise these segments the
+same way, and the budget is counted on them (``count_segments``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -42,6 +49,10 @@ INSTRUCTIONS: dict[str, str] = {
 CUES: dict[str, str] = {"ft": "Answer:", "rd": "Explanation:", "kard": "Explanation:", "ka-ft": "Answer:"}
 MIN_TRIMMED_PASSAGE_TOKENS = 16  # a passage cut shorter than this is noise, so drop it instead
 
+Segment = tuple[str, bool]
+"""A piece of a prompt and whether special-token strings in it are parsed (True: the template's own markup)
+or kept as plain text (False: user, file and model text)."""
+
 
 class PassageLike(Protocol):
     """Anything with an id, a title and a text (kb.Passage, a Hit dict wrapped, ...)."""
@@ -64,6 +75,9 @@ class Prompt:
         passage_ids: ids of the passages that made it into ``text``, in order.
         n_tokens: tokens in ``text`` by the counter used.
         trimmed: True if any passage was dropped or cut to fit the budget.
+        segments: ``text`` cut into template markup (True) and plain text (False); joined they are ``text``.
+            Tokenise each piece on its own, special tokens parsed only in the True ones.
+        target_segments: the same for ``target``: the answer text plain, an appended eos token as markup.
     """
 
     text: str
@@ -71,6 +85,8 @@ class Prompt:
     passage_ids: tuple[str, ...]
     n_tokens: int
     trimmed: bool
+    segments: tuple[Segment, ...] = ()
+    target_segments: tuple[Segment, ...] = ()
 
 
 class PromptTooLongError(InputError):
@@ -97,6 +113,30 @@ def render_chat(user_text: str, chat_template: str, *, bos_token: str = "", eos_
     return env.from_string(chat_template).render(
         messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
         bos_token=bos_token, eos_token=eos_token)
+
+
+# Stands in for the user text while a chat template is rendered: private-use characters no template produces.
+_USER_MARK = "\ue000kardlite-user-text\ue001"
+_PROBE = "Probe <&> 'quoted' \"text\"\n  with lines."
+
+
+@functools.lru_cache(maxsize=32)
+def chat_frame(chat_template: str, bos_token: str = "", eos_token: str = "") -> tuple[str, str]:
+    """The markup a chat template puts around one user turn: ``(before, after)`` such that
+    ``render_chat(user, ...) == before + user + after`` for a user text without edge whitespace.
+
+    Raises:
+        InputError: the template does not insert the user text exactly once and unchanged (it escapes or
+            rewrites it), so the user text cannot be kept apart from the markup.
+    """
+    rendered = render_chat(_USER_MARK, chat_template, bos_token=bos_token, eos_token=eos_token)
+    if rendered.count(_USER_MARK) != 1:
+        raise InputError("the chat template does not insert the user text exactly once", field="chat_template")
+    before, after = rendered.split(_USER_MARK)
+    if render_chat(_PROBE, chat_template, bos_token=bos_token, eos_token=eos_token) != before + _PROBE + after:
+        raise InputError("the chat template changes the user text (escapes or rewrites it); kardlite needs it "
+                         "inserted as is", field="chat_template")
+    return before, after
 
 
 def format_passage(index: int, passage: PassageLike) -> str:
@@ -140,6 +180,7 @@ def build_prompt(
     chat_template: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
+    count_segments: Callable[[Sequence[Segment]], int] | None = None,
 ) -> Prompt:
     """Build the model input (and optionally the target) for one question.
 
@@ -153,12 +194,16 @@ def build_prompt(
         count_tokens: text -> token count; pass the student's tokenizer so the budget is exact.
         chat_template: the student's Jinja chat template; None for plain text (base or seq2seq students).
         bos_token, eos_token: values the chat template may refer to.
+        count_segments: segments -> token count, each segment tokenised on its own with special tokens parsed
+            only in template markup; when given it replaces ``count_tokens`` (the exact count of what the
+            model reads; the student and the runtime pass one).
 
     Returns:
         A Prompt. The same arguments (less the target) give the same ``text`` in training and inference.
 
     Raises:
         PromptTooLongError: the question and options alone do not fit in ``max_tokens``.
+        InputError: a chat template that does not insert the user text unchanged (see ``chat_frame``).
 
     Example:
         >>> item = QAItem("q1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), 1)
@@ -168,15 +213,19 @@ def build_prompt(
     """
     if mode not in MODES:
         raise ValueError(f"unknown prompt mode {mode!r}; choose from {MODES}")
+    frame = chat_frame(chat_template, bos_token, eos_token) if chat_template else None
 
-    def render(blocks: Sequence[str]) -> str:
+    def render(blocks: Sequence[str]) -> tuple[Segment, ...]:
         user = _user_text(item, mode, blocks)
-        if chat_template:
-            return render_chat(user, chat_template, bos_token=bos_token, eos_token=eos_token) + CUES[mode]
-        return f"{user}\n{CUES[mode]}"
+        if frame is not None:
+            return (frame[0], True), (user, False), (frame[1] + CUES[mode], True)
+        return ((f"{user}\n{CUES[mode]}", False),)
+
+    def count(segments: tuple[Segment, ...]) -> int:
+        return count_segments(segments) if count_segments else count_tokens("".join(t for t, _ in segments))
 
     base = render([])
-    base_tokens = count_tokens(base)
+    base_tokens = count(base)
     if base_tokens > max_tokens:
         raise PromptTooLongError(
             f"item {item.id!r}: question and options need {base_tokens} tokens, over the budget of {max_tokens}; "
@@ -185,15 +234,15 @@ def build_prompt(
     blocks: list[str] = []
     used: list[str] = []
     trimmed = False
-    text, n_tokens = base, base_tokens
+    segments, n_tokens = base, base_tokens
     for passage in passages if mode in KNOWLEDGE_MODES else ():
         block = format_passage(len(blocks) + 1, passage)
         candidate = render([*blocks, block])
-        cand_tokens = count_tokens(candidate)
+        cand_tokens = count(candidate)
         if cand_tokens <= max_tokens:
             blocks.append(block)
             used.append(passage.id)
-            text, n_tokens = candidate, cand_tokens
+            segments, n_tokens = candidate, cand_tokens
             continue
         # The passage does not fit whole: keep the longest word prefix that fits, if worth keeping.
         trimmed = True
@@ -202,24 +251,28 @@ def build_prompt(
         while lo <= hi:
             mid = (lo + hi) // 2
             cut = render([*blocks, _trim_words(block, mid)])
-            cut_tokens = count_tokens(cut)
+            cut_tokens = count(cut)
             if cut_tokens <= max_tokens:
                 best, lo = (mid, cut, cut_tokens), mid + 1
             else:
                 hi = mid - 1
         if best and best[2] - n_tokens >= MIN_TRIMMED_PASSAGE_TOKENS:
             used.append(passage.id)
-            text, n_tokens = best[1], best[2]
+            segments, n_tokens = best[1], best[2]
         break
     if mode in KNOWLEDGE_MODES and len(used) < len(passages):
         trimmed = True
 
     target = None
+    target_segments: tuple[Segment, ...] = ()
     if with_target:
         target = build_target(item, mode, rationale)
+        target_segments = ((target, False),)
         if chat_template and eos_token:
             target += eos_token
-    return Prompt(text=text, target=target, passage_ids=tuple(used), n_tokens=n_tokens, trimmed=trimmed)
+            target_segments += ((eos_token, True),)
+    return Prompt(text="".join(t for t, _ in segments), target=target, passage_ids=tuple(used), n_tokens=n_tokens,
+                  trimmed=trimmed, segments=segments, target_segments=target_segments)
 
 
 # ---------------------------------------------------------------------------------------------------------------

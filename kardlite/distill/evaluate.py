@@ -492,7 +492,7 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
             passages = [retrieve(it, n_docs) if mode in KNOWLEDGE_MODES else [] for it in batch]
             prompts = [student.prompt(it, mode, passages=ps, max_tokens=budget)
                        for it, ps in zip(batch, passages, strict=True)]
-            ids = [student.encode(p.text) for p in prompts]
+            ids = [student.encode(p) for p in prompts]  # segments: question and passages as plain text
             n_opts = [len(it.options) for it in batch]
             forced = [[False] for _ in batch]
             contradictions = [0] * len(batch)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from kardlite.data.records import QAItem
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
-from kardlite.prompts import Mode, PassageLike, Prompt, build_prompt
+from kardlite.prompts import Mode, PassageLike, Prompt, Segment, build_prompt
 
 Kind = Literal["causal", "seq2seq"]
 STUDENT_FILE = "kardlite_student.json"  # written next to a trained student's weights
@@ -51,12 +51,37 @@ class Student:
     use_chat_template: bool
     info: dict[str, Any]
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without added special tokens (chat markup is already in the text)."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(self, text: str | Prompt, *, special: bool = True) -> list[int]:
+        """Token ids without added special tokens.
+
+        Args:
+            text: a Prompt (its ``segments``: template markup with special tokens, the user turn as plain text;
+                what a prompt's input must be encoded with), or a string.
+            special: for a string: parse special-token strings (``<|im_end|>``) in it as control tokens (True,
+                for trusted markup) or keep them as plain text (False, for data).
+        """
+        if isinstance(text, Prompt):
+            return self.encode_segments(text.segments or ((text.text, False),))
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    def encode_segments(self, segments: Sequence[Segment]) -> list[int]:
+        """Each segment tokenised on its own: special tokens parsed only in template markup (``True``)."""
+        return [i for text, special in segments if text for i in self.encode(text, special=special)]
+
+    def encode_target(self, target: str) -> list[int]:
+        """A training target from ``build_prompt`` (or its tail): plain text, except the ``eos_token`` that
+        build_prompt appends for chat students, which becomes the one eos id (a rationale cannot add control
+        tokens)."""
+        eos = self.tokenizer.eos_token or ""
+        if self.use_chat_template and eos and target.endswith(eos):
+            return self.encode(target[: -len(eos)], special=False) + self.encode(eos)
+        return self.encode(target, special=False)
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+    def count_segments(self, segments: Sequence[Segment]) -> int:
+        return len(self.encode_segments(segments))
 
     def prompt(self, item: QAItem, mode: Mode, *, passages: Sequence[PassageLike] = (), rationale: str | None = None,
                with_target: bool = False, max_tokens: int = 512) -> Prompt:
@@ -64,7 +89,7 @@ class Student:
         tok = self.tokenizer
         return build_prompt(
             item, mode, passages=passages, rationale=rationale, with_target=with_target, max_tokens=max_tokens,
-            count_tokens=self.count_tokens,
+            count_tokens=self.count_tokens, count_segments=self.count_segments,
             chat_template=tok.chat_template if self.use_chat_template else None,
             bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
 

@@ -107,10 +107,11 @@ def _encode_row(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, 
                             with_target=True, max_tokens=cfg.max_source_tokens)
     stats["trimmed_prompts"] += int(prompt.trimmed)
     target = prompt.target or ""
-    tgt = student.encode(target)
+    tgt = student.encode_target(target)  # the rationale as plain text: its "<|im_end|>" stays text
     if student.kind == "seq2seq" and student.tokenizer.eos_token_id is not None:
         tgt = [*tgt, student.tokenizer.eos_token_id]
-    return student.encode(prompt.text), target, tgt
+    # template markup as control tokens; question, options and passages as plain text
+    return student.encode(prompt), target, tgt
 
 
 def target_budget(lengths: list[int], max_cut: float = 0.01) -> int:
@@ -138,9 +139,9 @@ def _featurize(student: Student, encoded: tuple[list[int], str, list[int]], item
         # Cut the rationale, never the closing answer line: the student must learn to end with "Answer: X".
         stats["truncated_targets"] += 1
         cut = target.rfind("\nAnswer:")
-        tail = student.encode(target[cut:]) if cut > 0 else []
+        tail = student.encode_target(target[cut:]) if cut > 0 else []
         keep = max(budget - len(tail) - len(eos), 0)
-        body = student.encode(target[:cut])[:keep] + tail if cut > 0 else body[:keep]
+        body = student.encode(target[:cut], special=False)[:keep] + tail if cut > 0 else body[:keep]
     tgt = body + eos
     if student.kind == "seq2seq":
         return _Feature(src, tgt, item_id)
