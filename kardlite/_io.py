@@ -59,6 +59,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as err:
                     raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path,
                                      line=lineno) from None
+                except (ValueError, RecursionError) as err:  # a number over 4,300 digits; nesting too deep
+                    raise InputError(f"unreadable JSON ({_json_problem(err)})", path=path, line=lineno) from None
                 if not isinstance(obj, dict):
                     raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno)
                 yield lineno, obj
@@ -75,6 +77,14 @@ def read_json(path: str | Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"unreadable JSON ({_json_problem(err)})", path=path) from None
+
+
+def _json_problem(err: Exception) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err).split(";")[0]  # "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -137,6 +147,24 @@ def atomic_dir(final: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def work_dir(beside: str | Path) -> Iterator[Path]:
+    """A scratch folder for building ``beside``: in the same parent folder (same disk, no /tmp), removed at the end.
+
+    Named ``.<name>.work.<random>.tmp``: the ones a killed run left behind are swept by the next ``work_dir`` and
+    ``atomic_dir`` for the same name, so an interrupted export (hundreds of MB) does not stay on disk for ever.
+    """
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    for stale in beside.parent.glob(f".{beside.name}.work.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=beside.parent, prefix=f".{beside.name}.work.", suffix=".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

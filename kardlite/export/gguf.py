@@ -46,6 +46,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from kardlite._io import work_dir
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 
 Quant = Literal["f16", "Q8_0", "Q4_K_M", "Q4_0"]
@@ -173,7 +174,7 @@ def convert_to_gguf(model_dir: str | Path, out_path: str | Path, *, tokenizer_gg
     if not base.is_file():
         raise InputError("tokenizer GGUF not found", path=base)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as work:
+    with work_dir(out_path) as work:  # a killed conversion's scratch is swept by the next one
         stage = Path(work) / "model"
         stage.mkdir()
         for item in model_dir.iterdir():

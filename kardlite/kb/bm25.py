@@ -79,6 +79,10 @@ class BM25Index:
         bm25s = _import_bm25s()
         tokenize = Tokenizer(config.stemmer, config.stopwords)
         corpus_tokens = [tokenize(t) for t in texts]
+        if texts and not any(corpus_tokens):
+            # bm25s fails with "max() arg is an empty sequence" on an empty vocabulary.
+            raise InputError(f"none of the {len(texts)} passages has a word BM25 can index (only stop words, "
+                             "one-letter words or punctuation)", field="text")
         retriever = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
         # A document with no indexable word (only stop words) still counts as a document: rows stay aligned.
         retriever.index(corpus_tokens, show_progress=progress)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kardlite._io import atomic_write_json, read_json
+from kardlite._io import atomic_write_json, read_json, work_dir
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.kb.config import DenseConfig
 
@@ -67,8 +67,8 @@ def export_encoder(config: DenseConfig, out_dir: Path) -> dict[str, Any]:
 
     pooling = _pooling_mode(src)
     max_length = config.max_length or _model_max_length(src)
-    with tempfile.TemporaryDirectory(prefix="kardlite-export-") as tmp:
-        tmp_path = Path(tmp)
+    # Beside the destination, not in /tmp: a build killed here (~100 MB) leaves nothing that is never swept.
+    with work_dir(out_dir) as tmp_path:
         try:
             model = ORTModelForFeatureExtraction.from_pretrained(str(src), export=True)
         except (OSError, ValueError, KeyError) as err:

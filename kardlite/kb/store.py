@@ -49,6 +49,7 @@ def write_store(path: Path, passages: Iterable[Passage], *, batch: int = 2000) -
         for n, passage in enumerate(passages):
             if not isinstance(passage, Passage):
                 raise InputError(f"passage {n} is a {type(passage).__name__}, expected Passage")
+            _check_fields(n, passage)
             if passage.id in seen:
                 raise InputError(f"duplicate passage id {passage.id!r}", path=passage.source or None, field="id")
             if not passage.text.strip():
@@ -56,7 +57,8 @@ def write_store(path: Path, passages: Iterable[Passage], *, batch: int = 2000) -
                                  field="text")
             try:
                 meta = json.dumps(passage.meta, ensure_ascii=False)
-            except (TypeError, ValueError) as err:
+                meta.encode("utf-8")
+            except (TypeError, ValueError, RecursionError) as err:
                 raise InputError(f"passage {passage.id!r}: meta is not JSON-serialisable ({err})",
                                  field="meta") from None
             seen.add(passage.id)
@@ -69,6 +71,28 @@ def write_store(path: Path, passages: Iterable[Passage], *, batch: int = 2000) -
         con.commit()
     finally:
         con.close()
+
+
+def _check_fields(n: int, passage: Passage) -> None:
+    """Types and text of one passage, checked before SQLite sees them (it would raise IntegrityError on a None
+    title, or UnicodeEncodeError on a lone surrogate)."""
+    where = passage.source if isinstance(passage.source, str) and passage.source else None
+    for name in ("id", "title", "text", "source"):
+        value = getattr(passage, name)
+        if not isinstance(value, str):
+            raise InputError(f"passage {n} ({passage.id!r}): {name} is a {type(value).__name__}, expected a string",
+                             path=where, field=name)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise InputError(f"passage {n} ({passage.id!r}): {name} is not valid Unicode (a lone surrogate at "
+                             f"character {err.start})", path=where, field=name) from None
+    if not passage.id.strip() or passage.id != passage.id.strip():
+        raise InputError(f"passage {n}: id {passage.id!r} is empty or has leading/trailing whitespace", path=where,
+                         field="id")
+    if not isinstance(passage.meta, dict):
+        raise InputError(f"passage {n} ({passage.id!r}): meta is a {type(passage.meta).__name__}, expected a dict",
+                         path=where, field="meta")
 
 
 class PassageStore:

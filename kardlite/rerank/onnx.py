@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from kardlite._io import atomic_dir, atomic_write_json, read_json
+from kardlite._io import atomic_dir, atomic_write_json, read_json, work_dir
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.rerank.late import PROJ_FILE, PROJ_NPZ
 from kardlite.rerank.model import CONFIG_NAME, HEAD_FILE, HEAD_NPZ, KINDS
@@ -74,7 +73,7 @@ def export_reranker_onnx(model_dir: str | Path, out_dir: str | Path, quantize: b
     head = load_file(str(model_dir / head_file))
     if set(head) != arrays:
         raise ArtifactError(f"{model_dir / head_file}: expected tensors {sorted(arrays)}, got {sorted(head)}")
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".onnx-export.") as work:
+    with atomic_dir(out_dir) as tmp, work_dir(out_dir) as work:  # a killed export's scratch is swept next time
         ort_model = ORTModelForFeatureExtraction.from_pretrained(model_dir, export=True)
         ort_model.save_pretrained(work)
         if quantize:

@@ -1,0 +1,54 @@
+"""Shared pieces of the fuzz tests (Hypothesis): settings and the text and JSON strategies.
+
+Each fuzz target runs a few hundred derandomized cases (the same every run: CI failures reproduce) and asserts
+that only kardlite's own errors escape, that no case takes a second of CPU time (CPU, not wall time: the test
+machine is shared), and that whatever is accepted is the input unchanged (up to the documented stripping of
+edge whitespace).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from kardlite.errors import KardliteError
+
+CASES = 200
+LIMIT_S = 1.0
+
+
+def fuzz_settings(cases: int = CASES) -> settings:
+    return settings(max_examples=cases, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
+                    print_blob=False)
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, KardliteError | None]:
+    """``fn(*args, **kwargs)`` as (result, None) or (None, the KardliteError it raised); any other exception
+    propagates (a crash), and a call over a second of CPU time fails the case."""
+    start = time.process_time()
+    try:
+        return fn(*args, **kwargs), None
+    except KardliteError as err:
+        return None, err
+    finally:
+        spent = time.process_time() - start
+        assert spent < LIMIT_S, f"{getattr(fn, '__name__', fn)} took {spent:.2f} s of CPU time"
+
+
+# Characters that broke things before: superscript and circled digits, line and paragraph separators, form feed,
+# record separators, NEL, lone surrogates, BOM, chat role markers, quotes and CSV/JSON syntax.
+TRICKY = ["²", "①", "\u2028", "\u2029", "\x0c", "\x1e", "\x85", "\ud800", "\udfff", "\ufeff", "<|im_end|>",
+          "<|im_start|>system\n", "\r\n", "\r", "\n", "\t", '"', ",", "|", "#", "# ", "A", "b", " ", "0", "1", "10",
+          "{", "}", "[", "]", "\\", "é", "文"]
+text = st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=8)), max_size=8).map("".join)
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 12), st.integers(), st.floats(allow_nan=False),
+                        text)
+json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner,
+                                                                                                   max_size=3),
+                          max_leaves=4)
