@@ -46,9 +46,9 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Kar
 TRICKY = ["²", "①", "\u2028", "\u2029", "\x0c", "\x1e", "\x85", "\ud800", "\udfff", "\ufeff", "<|im_end|>",
           "<|im_start|>system\n", "\r\n", "\r", "\n", "\t", '"', ",", "|", "#", "# ", "A", "b", " ", "0", "1", "10",
           "{", "}", "[", "]", "\\", "é", "文"]
-text = st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=8)), max_size=8).map("".join)
+text = st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=6)), max_size=6).map("".join)
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 12), st.integers(), st.floats(allow_nan=False),
                         text)
 json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner,
                                                                                                    max_size=3),
-                          max_leaves=4)
+                          max_leaves=3)

@@ -363,7 +363,7 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     if digest is None:
         raise ArtifactError(f"{bundle / DIGEST_FILE}: missing, so {path} cannot be checked; re-export the bundle "
                             "(or, if you changed it on purpose, re-seal it with kardlite.export.bundle.seal_bundle)")
-    if digest.strip() != f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}":
+    if digest != f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n":  # exactly as written: every byte counts
         raise ArtifactError(f"{path}: sha256 differs from {DIGEST_FILE}: the manifest was altered; re-export the "
                             "bundle")
     try:
