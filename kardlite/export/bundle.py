@@ -321,23 +321,6 @@ def seal_bundle(bundle: str | Path, manifest: Mapping[str, Any] | None = None) -
     return out
 
 
-def seal_bundle(bundle: str | Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Re-hash every file of a bundle folder into ``manifest["files"]`` and write ``manifest.json`` (atomically).
-
-    For tools that change a bundle's files (``kardlite kb add`` on a bundle, a calibrator); they work on a copy
-    and swap it in, so a bundle on disk is always sealed.
-
-    Returns:
-        The manifest written.
-    """
-    bundle = Path(bundle)
-    out = dict(manifest)
-    out["files"] = {p.relative_to(bundle).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                    for p in sorted(bundle.rglob("*")) if p.is_file() and p != bundle / MANIFEST}
-    atomic_write_json(bundle / MANIFEST, out)
-    return out
-
-
 def read_manifest(bundle: str | Path) -> dict[str, Any]:
     """Parse a bundle's ``manifest.json`` after checking it against ``bundle.sha256``; check its kind, schema
     version and paths (not the files: that is :func:`verify_bundle`).
