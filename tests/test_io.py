@@ -38,3 +38,24 @@ def test_iter_jsonl_reads_gzip_and_names_a_truncated_archive(tmp_path: Path) -> 
     with pytest.raises(InputError, match="cannot read file") as err:
         list(iter_jsonl(path))
     assert err.value.path == str(path)
+
+
+def test_work_dir_lives_beside_its_destination_and_stale_ones_are_swept(tmp_path: Path) -> None:
+    """An export killed mid-way (the KB encoder's ~100 MB scratch) leaves nothing that the next run does not sweep."""
+    from kardlite._io import work_dir
+
+    dest = tmp_path / "kb" / "encoder"
+    stale = tmp_path / "kb" / ".encoder.work.killed.tmp"
+    stale.mkdir(parents=True)
+    (stale / "model.onnx").write_bytes(b"x" * 1000)
+    with work_dir(dest) as work:
+        assert work.parent == dest.parent and work.name.startswith(".encoder.work.") and not stale.exists()
+        (work / "f").write_text("x")
+    assert not work.exists()
+    # A killed KB build leaves its temp folder, the encoder scratch inside it: the next build of the KB sweeps both.
+    killed = tmp_path / ".kb.killed.tmp" / "encoder" / ".encoder.work.x.tmp"
+    killed.mkdir(parents=True)
+    with atomic_dir(tmp_path / "kb") as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert not (tmp_path / ".kb.killed.tmp").exists() and (tmp_path / "kb" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]

@@ -149,3 +149,37 @@ def test_real_obqa_files(obqa_dir: Path) -> None:
         assert all(len(i.options) == 4 and i.label is not None for i in main)
         assert all(i.meta.get("fact1") for i in extra)
         assert [i.id for i in main] == [i.id for i in extra]
+
+
+# --- hardening: inputs that used to crash or be changed silently -----------------------------------------------
+@pytest.mark.parametrize(("name", "content", "field", "message"), [
+    ("sup.jsonl", '{"question": "q", "options": ["a", "b"], "answer": "\u00b2"}\n', "answer", "neither a letter"),
+    ("circ.jsonl", '{"question": "q", "options": ["a", "b"], "answer": "\u2460"}\n', "answer", "neither a letter"),
+    ("deep.jsonl", '{"question": "q", "answer": ' + "[" * 100_000 + "}\n", None, "nested too deeply|malformed"),
+    ("big.jsonl", '{"question": "q", "options": ["a", "b"], "answer": ' + "9" * 5000 + "}\n", None, "4300 digits"),
+    ("cell.csv", 'question,A,B\n"' + "x" * 5_000_000 + '",a,b\n', None, "field larger than field limit"),
+    ("k.csv", "question,A,B,C,D,E,F,G,H,I,J,K\nq,1,2,3,4,5,6,7,8,9,10,11\n", "K", "past J"),
+    ("gap.csv", "question,A,B,C,D\nq,1,2,,4\n", "C", "option C is empty but a later option"),
+    ("float.jsonl", '{"id": 1.5, "question": "q", "options": ["a", "b"]}\n', "id", "got float"),
+    ("bool.jsonl", '{"id": true, "question": "q", "options": ["a", "b"]}\n', "id", "got bool"),
+    ("list.jsonl", '{"id": [1], "question": "q", "options": ["a", "b"]}\n', "id", "got list"),
+    ("blank.jsonl", '{"id": "  ", "question": "q", "options": ["a", "b"]}\n', "id", "empty"),
+    ("sur.jsonl", '{"question": "q\\ud800", "options": ["a", "b"]}\n', "question", "lone surrogate"),
+    ("sur2.jsonl", '{"question": "q", "options": ["a", "b\\udfff"]}\n', "options", "lone surrogate"),
+])
+def test_hostile_task_files_are_input_errors(tmp_path: Path, name: str, content: str, field: str | None,
+                                             message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=message) as info:
+        load_task(path, "generic")
+    assert info.value.path == str(path) and info.value.line is not None
+    if field:
+        assert info.value.field == field
+
+
+def test_trailing_empty_option_columns_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,question,A,B,C,D,answer\n 7 ,q,x,y,z,,C\n,r,x,y,,,1\n", encoding="utf-8")
+    items = load_task(path, "generic")
+    assert [(it.id, it.options, it.label) for it in items] == [("7", ("x", "y", "z"), 2), ("t-3", ("x", "y"), 1)]

@@ -185,3 +185,50 @@ def test_unreadable_paths(tmp_path: Path) -> None:
 def test_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown format"):
         read_passages(_write(tmp_path / "a.txt", "x"), "csv")  # type: ignore[arg-type]
+
+
+# --- hardening ------------------------------------------------------------------------------------------------
+def test_only_cr_and_lf_end_a_fact(tmp_path: Path) -> None:
+    """U+2028, NEL, form feed and record separators are inside a fact (str.splitlines would cut it in two)."""
+    book = _write(tmp_path / "book.txt", "the cat\u2028sat\x0con the mat\nsecond\x1efact\x85end\r\nthird\rfourth\n")
+    assert [(p.id, p.text) for p in read_passages(book)] == [
+        ("book-1", "the cat\u2028sat\x0con the mat"), ("book-2", "second\x1efact\x85end"), ("book-3", "third"),
+        ("book-4", "fourth")]
+
+
+def test_fifo_in_a_folder_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    import os
+
+    _write(tmp_path / "docs" / "a.md", "# Title\n\nbody text\n")
+    os.mkfifo(tmp_path / "docs" / "pipe.txt")  # reading it would block for ever
+    with pytest.warns(UserWarning, match=r"pipe\.txt: not a regular file"):
+        passages = read_passages(tmp_path / "docs")
+    assert [p.id for p in passages] == ["a.md#0"] and passages[0].title == "Title"
+
+
+@pytest.mark.parametrize(("row", "field"), [
+    ({"id": "a", "text": "x\ud800"}, "text"), ({"id": "a", "text": "x", "title": 0}, "title"),
+    ({"id": "a", "text": "x", "title": []}, "title"), ({"id": "a\udfff", "text": "x"}, "id"),
+])
+def test_jsonl_bad_text_is_named(tmp_path: Path, row: dict, field: str) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        read_passages(path)
+    assert info.value.field == field and info.value.line == 1
+
+
+def test_store_refuses_bad_passages_through_the_api(tmp_path: Path) -> None:
+    from kardlite.kb import KBConfig, KnowledgeBase, Passage
+
+    cfg = KBConfig(dense=None)
+    for passage, field in ((Passage("a", None, "text"), "title"), (Passage("a", "", ["x"]), "text"),  # type: ignore[arg-type]
+                           (Passage(7, "", "text"), "id"), (Passage("a", "", "bad \ud800"), "text"),  # type: ignore[arg-type]
+                           (Passage(" a", "", "text"), "id")):
+        with pytest.raises(InputError) as info:
+            KnowledgeBase.build([passage], tmp_path / "kb", config=cfg, progress=False)
+        assert info.value.field == field
+    with pytest.raises(InputError, match="has a word BM25 can index"):
+        KnowledgeBase.build([Passage("a", "", "the and of"), Passage("b", "", "a")], tmp_path / "kb", config=cfg,
+                            progress=False)
+    assert not (tmp_path / "kb").exists() and not list(tmp_path.iterdir())
