@@ -63,6 +63,7 @@ SHAPED: dict[str, list[str]] = {
     "data/loaders.py": ["1" * N, "12a" * (N // 3)],
     "prompts.py": ["answer" + " " * N + "x", "answer is" + " " * N + ":" + " " * N + "(" + " " * N,
                    "answer " * (N // 7), "answer: (" + " " * N + "b" + " " * N + "x"],
+    "runtime/confidence.py": ["a" * N + ".", "word " * (N // 5), ". " * (N // 2)],
     "teacher/release.py": ["1" * N + ".jso", "1" * N],
     "rerank/train.py": ["cuda:" + "1" * N + "x", "cuda" * (N // 4)],
     "demo/view.py": ["A." + " " * N + "x", "(A)" + " " * N],
