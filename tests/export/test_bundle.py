@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from kardlite._io import sha256_file
 from kardlite.errors import ArtifactError, InputError
+from kardlite.export.bundle import CONTROL_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +20,11 @@ def test_manifest_describes_every_file_and_setting(tiny_bundle: Path) -> None:
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     assert m["schema_version"] == 1 and m["kind"] == "kardlite-bundle" and m["name"] == "tiny"
     on_disk = sorted(rel for p in tiny_bundle.rglob("*")
-                     if p.is_file() and (rel := p.relative_to(tiny_bundle).as_posix()) != "manifest.json")
+                     if p.is_file() and (rel := p.relative_to(tiny_bundle).as_posix()) not in CONTROL_FILES)
     assert sorted(m["files"]) == on_disk
+    # the manifest itself is covered by bundle.sha256 (sha256sum format)
+    digest = hashlib.sha256((tiny_bundle / "manifest.json").read_bytes()).hexdigest()
+    assert (tiny_bundle / "bundle.sha256").read_text() == f"{digest}  manifest.json\n"
     for rel, info in m["files"].items():
         assert info["sha256"] == sha256_file(tiny_bundle / rel) and info["bytes"] == (tiny_bundle / rel).stat().st_size
     assert {"student.gguf", "kb/passages.sqlite", "kb/hnsw.bin", "kb/manifest.json"} <= set(m["files"])
