@@ -141,22 +141,29 @@ def _update_kb(src: Path, dst: Path, add: list[Passage], remove: list[str], prog
     from kardlite.kb import bm25 as _bm25
     from kardlite.kb import hnsw as _hnsw
     from kardlite.kb import store as _store
-    from kardlite.kb.base import MANIFEST, KnowledgeBase, _files
+    from kardlite.kb.base import MANIFEST, SCHEMA_VERSION, _files, _verify
+    from kardlite.kb.config import KBConfig
 
-    kb = KnowledgeBase.load(src, verify=True)  # never extend a corrupt KB
+    # Checked like KnowledgeBase.load(verify=True) (never extend a corrupt KB), without building the search
+    # objects (an ONNX session, BM25 arrays) that the update does not use.
     try:
-        manifest, config = kb.manifest, kb.config
+        manifest = read_json(src / MANIFEST)
+        if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError("not a knowledge base of this schema version")
+        _verify(src, manifest["files"])
+        config = KBConfig.from_dict(manifest["config"])
         rows_before = int(manifest["counts"].get("rows", manifest["counts"]["passages"]))
-        existing = set()
-        if add:
-            ids = [p.id for p in add]
-            existing = {pid for pid in ids if _known(kb, pid)}
+    except (InputError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ArtifactError(f"{src}: not a valid knowledge base ({err})") from None
+    store = _store.PassageStore(src / _store.FILENAME)
+    try:
+        existing = {p.id for p in add if _known(store, p.id)}
         removing = set(remove)
         if len(removing) != len(remove):
             raise InputError("an id is repeated in the removal list", field="ids")
-        remove_rows = kb._store.rows_of(list(remove)) if remove else []  # unknown ids are an InputError
+        remove_rows = store.rows_of(list(remove)) if remove else []  # unknown ids are an InputError
     finally:
-        kb.close()
+        store.close()
     _check_new(add, existing - removing)
 
     # SQLite: a copy (the old file stays as it was), new rows appended after the last row ever used
@@ -218,9 +225,9 @@ def _update_kb(src: Path, dst: Path, add: list[Passage], remove: list[str], prog
     return {"passages": live, "encoded": encoded}
 
 
-def _known(kb: Any, pid: str) -> bool:
+def _known(store: Any, pid: str) -> bool:
     try:
-        kb._store.rows_of([pid])
+        store.rows_of([pid])
     except InputError:
         return False
     return True
