@@ -18,6 +18,15 @@ OBQA = Path(os.environ.get("KARDLITE_OBQA") or SHARED_DATA / "obqa")
 needs_shared = pytest.mark.skipif(not OBQA.is_dir(), reason=f"shared benchmark data not present at {OBQA}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _encoder_export_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One user cache per test session (kardlite.kb.encoder.cache_dir): the first dense KB build exports MiniLM,
+    later ones copy that export, and a developer's own cache is neither used nor filled."""
+    path = tmp_path_factory.mktemp("kardlite-cache")
+    os.environ["KARDLITE_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def obqa_dir() -> Path:
     if not OBQA.is_dir():

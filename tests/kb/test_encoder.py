@@ -8,7 +8,7 @@ import pytest
 
 from kardlite.errors import InputError, MissingExtraError
 from kardlite.kb import DenseConfig
-from kardlite.kb.encoder import Encoder, export_encoder, packaged_model_dir
+from kardlite.kb.encoder import Encoder, cache_dir, export_encoder, is_exported, packaged_model_dir
 
 SENTENCES = [
     "A bee is a pollinating animal",
@@ -74,7 +74,32 @@ def test_bad_models_are_input_errors(tmp_path: Path) -> None:
 
 
 def test_missing_optimum_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A None entry in sys.modules makes the import fail, as on an install without the train extra.
+    # A None entry in sys.modules makes the import fail, as on an install without the train extra; an empty cache
+    # means the export cannot be copied either.
+    monkeypatch.setenv("KARDLITE_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setitem(sys.modules, "optimum.onnxruntime", None)
     with pytest.raises(MissingExtraError, match=r"kardlite\[train\]"):
         export_encoder(DenseConfig(), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_export_is_cached_and_reused_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KARDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    first = export_encoder(DenseConfig(), tmp_path / "a")  # exports once, and keeps the export in the cache
+    entries = list((cache_dir() / "encoders").iterdir())
+    assert len(entries) == 1 and is_exported(entries[0]) and first["source_sha256"]
+    # A core-only install: neither optimum nor torch can be imported. The cached export is copied.
+    monkeypatch.setitem(sys.modules, "optimum.onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    again = export_encoder(DenseConfig(), tmp_path / "b")
+    assert again == first
+    onnx = first["onnx"]
+    assert (tmp_path / "a" / onnx).read_bytes() == (tmp_path / "b" / onnx).read_bytes()
+    np.testing.assert_array_equal(Encoder(tmp_path / "b").encode(SENTENCES), Encoder(tmp_path / "a").encode(SENTENCES))
+    assert export_encoder(DenseConfig(max_length=64), tmp_path / "c")["max_length"] == 64  # limit is not in the key
+    with pytest.raises(MissingExtraError):  # other settings are another export
+        export_encoder(DenseConfig(quantize=False), tmp_path / "d")
+    # A fresh cache is seeded by copying any KB's encoder folder (how a core-only user gets the export first).
+    monkeypatch.setenv("KARDLITE_CACHE_DIR", str(tmp_path / "cache2"))
+    export_encoder(DenseConfig(model=str(tmp_path / "a")), tmp_path / "e")
+    assert export_encoder(DenseConfig(), tmp_path / "f")["source_sha256"] == first["source_sha256"]
