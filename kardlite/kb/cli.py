@@ -27,6 +27,14 @@ class RetrieverName(StrEnum):
     hybrid = "hybrid"
 
 
+def _chunking(tokens: int, overlap: int, words: int | None, overlap_words: int | None) -> dict[str, int | None]:
+    if words is None and overlap_words is None:
+        return {"chunk_tokens": tokens, "overlap_tokens": overlap}
+    typer.echo("warning: --chunk-words/--overlap-words are deprecated (a word count can exceed the encoder's token "
+               "limit); use --chunk-tokens/--overlap-tokens", err=True)
+    return {"chunk_words": words or 200, "overlap_words": overlap_words}
+
+
 @app.command()
 @cli_errors
 def build(
@@ -34,8 +42,9 @@ def build(
                                            exists=True)],
     out: Annotated[Path, typer.Argument(help="The knowledge-base folder to create or replace.")],
     format: Annotated[Format, typer.Option("--format", help="How to read SOURCE.")] = Format.auto,
-    chunk_words: Annotated[int, typer.Option(help="Folder sources: most words per passage.")] = 200,
-    overlap_words: Annotated[int, typer.Option(help="Folder sources: words repeated between passages.")] = 40,
+    chunk_tokens: Annotated[int, typer.Option(help="Folder sources: most encoder tokens per passage (126 fits the "
+                                                   "encoder and the reranker whole).")] = 126,
+    overlap_tokens: Annotated[int, typer.Option(help="Folder sources: tokens repeated between passages.")] = 24,
     # Index settings default to None = KBConfig's defaults, so the CLI and the library never drift apart.
     k1: Annotated[float | None, typer.Option(help="BM25 k1 [default 0.9].")] = None,
     b: Annotated[float | None, typer.Option(help="BM25 b [default 0.4].")] = None,
@@ -52,6 +61,8 @@ def build(
     dense_weight: Annotated[float | None, typer.Option(help="Hybrid: weight of dense vs BM25 1.0 [default 2].")]
     = None,
     progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bars.")] = True,
+    chunk_words: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --chunk-tokens.")] = None,
+    overlap_words: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --overlap-tokens.")] = None,
 ) -> None:
     """Read SOURCE into passages and build a knowledge base at OUT."""
     from rich.console import Console
@@ -69,7 +80,8 @@ def build(
         "hybrid": given(rrf_k=rrf_k, pool=pool, dense_weight=dense_weight),
     })
     config.validate()  # bad settings fail before a long read
-    passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
+    passages = read_passages(source, format.value, **_chunking(chunk_tokens, overlap_tokens, chunk_words,
+                                                                      overlap_words))
     kb = KnowledgeBase.build(passages, out, config=config, progress=progress)
     info = kb.manifest["build"]
     rate = info["embedding_passages_per_s"]
@@ -86,15 +98,19 @@ def add(
     kb_path: Annotated[Path, typer.Argument(metavar="KB", help="A knowledge-base folder or a bundle folder.",
                                             exists=True)],
     format: Annotated[Format, typer.Option("--format", help="How to read SOURCE.")] = Format.auto,
-    chunk_words: Annotated[int, typer.Option(help="Folder sources: most words per passage.")] = 200,
-    overlap_words: Annotated[int, typer.Option(help="Folder sources: words repeated between passages.")] = 40,
+    chunk_tokens: Annotated[int, typer.Option(help="Folder sources: most encoder tokens per passage (126 fits the "
+                                                   "encoder and the reranker whole).")] = 126,
+    overlap_tokens: Annotated[int, typer.Option(help="Folder sources: tokens repeated between passages.")] = 24,
     progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bars.")] = False,
+    chunk_words: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --chunk-tokens.")] = None,
+    overlap_words: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --overlap-tokens.")] = None,
 ) -> None:
     """Add the passages of SOURCE to KB (or a bundle's KB) without retraining anything; atomic."""
     from kardlite.kb import read_passages
     from kardlite.kb.update import add_passages
 
-    passages = read_passages(source, format.value, chunk_words=chunk_words, overlap_words=overlap_words)
+    passages = read_passages(source, format.value, **_chunking(chunk_tokens, overlap_tokens, chunk_words,
+                                                                      overlap_words))
     report = add_passages(kb_path, passages, progress=progress)
     typer.echo(f"added {report['added']} passages to {report['path']} ({report['passages']} now, "
                f"{report['encoded']} embedded, {report['seconds']:.2f} s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -16,6 +17,10 @@ from kardlite.kb.passage import Passage
 
 SourceFormat = Literal["auto", "lines", "jsonl", "folder"]
 FOLDER_SUFFIXES = (".txt", ".md")
+# Folder chunks, in the dense encoder's tokens: 126 + [CLS] + [SEP] fit the late-interaction reranker's 128 (and
+# the encoder's 256), so every token of a passage is seen by both.
+CHUNK_TOKENS = 126
+OVERLAP_TOKENS = 24
 
 # Linear time: the paragraph's lazy scan runs its lookahead only after a non-space character, and each lookahead
 # reads one run of whitespace (tests feed these 100,000-character adversarial inputs). Headings are parsed
@@ -28,8 +33,9 @@ _WORDLIKE = re.compile(r"\w")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_words: int = 200,
-                  overlap_words: int = 40) -> list[Passage]:
+def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_tokens: int = CHUNK_TOKENS,
+                  overlap_tokens: int = OVERLAP_TOKENS, chunk_words: int | None = None,
+                  overlap_words: int | None = None) -> list[Passage]:
     """Read a corpus into passages.
 
     Args:
@@ -37,10 +43,16 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_word
             ``{"id", "title"?, "text", ...}`` objects, or a folder of ``.txt``/``.md`` files.
         format: "lines", "jsonl", "folder", or "auto" (a folder, a ``.jsonl`` file, or a file whose first
             non-blank line is a JSON object is read as such; any other file as lines).
-        chunk_words: folders only: the most words per passage. Paragraphs are packed whole up to this size;
-            a longer paragraph is cut at word boundaries.
-        overlap_words: folders only: words of the previous passage repeated at the start of the next
-            (whole trailing paragraphs, or words inside a long paragraph), so a fact on a boundary stays whole.
+        chunk_tokens: folders only: the most tokens per passage, counted with the dense encoder's tokenizer
+            (all-MiniLM-L6-v2's; [CLS] and [SEP] not included; without that tokenizer on the machine, half as many
+            words). Paragraphs are packed whole up to this size; a
+            longer paragraph is cut at word boundaries (a single word longer than that, at token boundaries). The
+            default, 126, fits whole in the encoder's 256 tokens and in the late-interaction reranker's 128, so
+            no passage tail goes unseen.
+        overlap_tokens: folders only: tokens of the previous passage repeated at the start of the next (whole
+            trailing paragraphs, or words inside a long paragraph), so a fact on a boundary stays whole.
+        chunk_words, overlap_words: the older sizing in words (deprecated: a word count can exceed the encoder's
+            token limit); when ``chunk_words`` is given, sizes are counted in words.
 
     Returns:
         The passages, in file order. Lines give ids ``<stem>-<lineno>`` (surrounding double quotes stripped;
@@ -54,10 +66,14 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_word
             passages at all; the message names the file, line and field.
     """
     path = Path(path)
-    if chunk_words < 1:
-        raise InputError("must be >= 1", field="chunk_words")
-    if not 0 <= overlap_words < chunk_words:
-        raise InputError(f"must be >= 0 and < chunk_words ({chunk_words})", field="overlap_words")
+    if chunk_words is not None:
+        chunk, overlap, unit = chunk_words, overlap_words if overlap_words is not None else 40, "words"
+    else:
+        chunk, overlap, unit = chunk_tokens, overlap_tokens, "tokens"
+    if chunk < 1:
+        raise InputError("must be >= 1", field=f"chunk_{unit}")
+    if not 0 <= overlap < chunk:
+        raise InputError(f"must be >= 0 and < chunk_{unit} ({chunk})", field=f"overlap_{unit}")
     if not path.exists():
         raise InputError("no such file or folder", path=path)
     if format == "auto":
@@ -65,7 +81,12 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_word
     if format == "folder":
         if not path.is_dir():
             raise InputError("expected a folder of .txt/.md files", path=path)
-        passages = _read_folder(path, chunk_words, overlap_words)
+        tokenizer = encoder_tokenizer() if unit == "tokens" else None
+        if unit == "tokens" and tokenizer is None:
+            # No MiniLM tokenizer on this machine: words, at half the budget (a word is at least one token, and
+            # English text averages about 1.3), so chunks still fit the encoder.
+            chunk, overlap = max(chunk // 2, 1), overlap // 2
+        passages = _read_folder(path, chunk, overlap, tokenizer)
     elif format in ("lines", "jsonl"):
         if path.is_dir():
             raise InputError(f"is a folder; use format 'folder' or give a {format} file", path=path)
@@ -203,7 +224,7 @@ def _list_folder(root: Path) -> list[Path]:
     return found
 
 
-def _read_folder(root: Path, chunk_words: int, overlap_words: int) -> list[Passage]:
+def _read_folder(root: Path, chunk: int, overlap: int, tokenizer: Any) -> list[Passage]:
     files = _list_folder(root)
     if not files:
         raise InputError(f"no {'/'.join(FOLDER_SUFFIXES)} files in folder", path=root)
@@ -214,36 +235,100 @@ def _read_folder(root: Path, chunk_words: int, overlap_words: int) -> list[Passa
         title = file.stem
         if file.suffix.lower() == ".md" and (heading := _md_title(text)):
             title = heading
-        for n, (start, end) in enumerate(chunk_spans(text, chunk_words, overlap_words)):
+        for n, (start, end) in enumerate(chunk_spans(text, chunk, overlap, tokenizer=tokenizer)):
             passages.append(Passage(id=f"{rel}#{n}", title=title, text=text[start:end], source=str(file),
                                     meta={"path": rel, "start": start, "end": end}))
     return passages
 
 
-def chunk_spans(text: str, chunk_words: int, overlap_words: int) -> list[tuple[int, int]]:
+def encoder_tokenizer() -> Any:
+    """The default dense encoder's tokenizer (all-MiniLM-L6-v2's ``tokenizer.json``), without truncation.
+
+    From the packaged model (the ``train`` extra), else from a cached export of it (:func:`kardlite.kb.encoder.
+    cache_dir`); None when neither is on this machine.
+    """
+    from tokenizers import Tokenizer
+
+    from kardlite.errors import MissingExtraError
+    from kardlite.kb.encoder import PACKAGED, cache_dir, packaged_model_dir
+
+    try:
+        path = packaged_model_dir() / "tokenizer.json"
+    except MissingExtraError:
+        found = [f.parent / "tokenizer.json" for f in sorted((cache_dir() / "encoders").glob("*/encoder.json"))
+                 if str(_read_json_safe(f).get("source", "")).startswith(PACKAGED)]
+        if not found or not found[0].is_file():
+            return None
+        path = found[0]
+    tok = Tokenizer.from_file(str(path))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _read_json_safe(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _atoms(text: str, para: re.Match[str], chunk: int, token_starts: list[int] | None) -> list[tuple[int, int, int]]:
+    """(start, end, size) of each word of a paragraph: 1, or its tokens; a word over ``chunk`` tokens is cut at token
+    boundaries into pieces that fit."""
+    out = []
+    for m in _WORD.finditer(para.group()):
+        start, end = m.start() + para.start(), m.end() + para.start()
+        if token_starts is None:
+            out.append((start, end, 1))
+            continue
+        lo, hi = bisect.bisect_left(token_starts, start), bisect.bisect_left(token_starts, end)
+        for i in range(lo, max(hi, lo + 1), chunk):
+            piece_end = token_starts[i + chunk] if i + chunk < hi else end
+            out.append((start if i == lo else token_starts[i], piece_end, max(min(chunk, hi - i), 1)))
+    return out
+
+
+def chunk_spans(text: str, chunk_words: int, overlap_words: int, *, tokenizer: Any = None) -> list[tuple[int, int]]:
     """Character spans of the chunks of one document (paragraph-aware; see ``read_passages``).
 
     Args:
         text: the document.
-        chunk_words: the most words per chunk.
-        overlap_words: words repeated from the end of one chunk at the start of the next.
+        chunk_words: the most words per chunk, or tokens when ``tokenizer`` is given.
+        overlap_words: words (tokens) repeated from the end of one chunk at the start of the next.
+        tokenizer: a ``tokenizers.Tokenizer`` that sizes chunks in its tokens (no special tokens); None = words.
 
     Returns:
         (start, end) offsets into ``text``; each chunk is ``text[start:end]`` and has no edge whitespace.
     """
-    # Units: whole paragraphs, or word windows of a paragraph longer than a chunk.
-    units: list[tuple[int, int, int]] = []  # (start, end, words)
+    starts = None
+    if tokenizer is not None:
+        starts = [s for s, e in tokenizer.encode(text, add_special_tokens=False).offsets if e > s]
+    # Units: whole paragraphs, or windows of the words of a paragraph longer than a chunk.
+    units: list[tuple[int, int, int]] = []  # (start, end, size)
     for para in _PARAGRAPH.finditer(text):
-        words = [(m.start() + para.start(), m.end() + para.start()) for m in _WORD.finditer(para.group())]
-        if len(words) <= chunk_words:
-            units.append((para.start(), para.end(), len(words)))
+        atoms = _atoms(text, para, chunk_words, starts)
+        if not atoms:
             continue
-        step = chunk_words - overlap_words
-        for i in range(0, len(words), step):
-            window = words[i:i + chunk_words]
-            units.append((window[0][0], window[-1][1], len(window)))
-            if i + chunk_words >= len(words):
+        total = sum(a[2] for a in atoms)
+        if total <= chunk_words:
+            units.append((para.start(), para.end(), total))
+            continue
+        i = 0
+        while i < len(atoms):
+            j, size = i, 0
+            while j < len(atoms) and size + atoms[j][2] <= chunk_words:
+                size += atoms[j][2]
+                j += 1
+            units.append((atoms[i][0], atoms[j - 1][1], size))
+            if j >= len(atoms):
                 break
+            back, carried = j, 0  # the next window repeats trailing words up to the overlap, and moves on
+            while back - 1 > i and carried + atoms[back - 1][2] <= overlap_words:
+                back -= 1
+                carried += atoms[back][2]
+            i = back
     spans = []
     i = 0
     while i < len(units):

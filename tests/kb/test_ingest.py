@@ -232,3 +232,25 @@ def test_store_refuses_bad_passages_through_the_api(tmp_path: Path) -> None:
         KnowledgeBase.build([Passage("a", "", "the and of"), Passage("b", "", "a")], tmp_path / "kb", config=cfg,
                             progress=False)
     assert not (tmp_path / "kb").exists() and not list(tmp_path.iterdir())
+
+
+def test_folder_chunks_fit_the_encoder_and_the_reranker_in_tokens(tmp_path: Path) -> None:
+    from kardlite.kb.encoder import _model_max_length, packaged_model_dir
+    from kardlite.kb.ingest import CHUNK_TOKENS, encoder_tokenizer
+
+    # Long words split into many word pieces: 200 of them (the old word budget) are far over 256 tokens.
+    words = [f"electroencephalographically{i}" for i in range(180)] + ["x" * 600]  # and one word of ~150 tokens
+    _write(tmp_path / "doc.txt", " ".join(words) + "\n\nA short closing paragraph.")
+    tok = encoder_tokenizer()
+    limit = _model_max_length(packaged_model_dir())  # 256, [CLS] and [SEP] included
+    old = tok.encode(" ".join(words[:200]), add_special_tokens=True)
+    assert len(old.ids) > limit  # what word-sized chunks did: the tail was never embedded
+    passages = read_passages(tmp_path)
+    sizes = [len(tok.encode(p.text, add_special_tokens=True).ids) for p in passages]
+    assert len(passages) > 10 and max(sizes) <= CHUNK_TOKENS + 2 <= 128 <= limit
+    # Nothing is lost: every word of the document is in some chunk.
+    text = (tmp_path / "doc.txt").read_text()
+    covered = set()
+    for p in passages:
+        covered.update(range(p.meta["start"], p.meta["end"]))
+    assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
