@@ -144,6 +144,30 @@ def format_passage(index: int, passage: PassageLike) -> str:
     return f"[{index}] {title}: {passage.text.strip()}" if title else f"[{index}] {passage.text.strip()}"
 
 
+def letter_token_ids(encode: Callable[[str], list[int]], n_options: int, *, prefix: str = " ") -> list[int]:
+    """The first token of ``prefix + X`` for each of the first ``n_options`` letters: what a model writes next
+    when it answers with a letter, for scoring answers by letter likelihood (PyTorch, llama.cpp, the judge).
+
+    Args:
+        encode: text -> token ids, without special tokens.
+        n_options: how many letters.
+        prefix: what precedes the letter (" " after a cue such as ``Answer:``; "" for a seq2seq decoder).
+
+    Raises:
+        InputError: a letter gives no token, or two letters share their first token.
+    """
+    ids = []
+    for letter in LETTERS[:n_options]:
+        toks = encode(prefix + letter)
+        if not toks:
+            raise InputError(f"the tokenizer gives no token for {letter!r}", field="tokenizer")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise InputError(f"option letters share a first token ({ids}); letter scoring is impossible with this "
+                         "tokenizer", field="tokenizer")
+    return ids
+
+
 def build_target(item: QAItem, mode: Mode, rationale: str | None = None) -> str:
     """The text after the cue: `` <rationale>\\nAnswer: X`` (rd, kard) or `` X`` (ft)."""
     if item.label is None:

@@ -49,6 +49,9 @@ from kardlite.prompts import (
     stated_answers,
     vote,  # re-exported: its home is prompts
 )
+from kardlite.prompts import (
+    letter_token_ids as prompt_letter_ids,
+)
 
 Retrieve = Callable[[QAItem, int], list[Passage]]
 PREDICTIONS = "predictions.jsonl"
@@ -187,16 +190,7 @@ def _right_pad(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
 
 def letter_token_ids(student: Student, n_options: int) -> list[int]:
     """The token that starts the target `` X`` for each option letter (what an FT student learnt to write)."""
-    ids = []
-    for letter in LETTERS[:n_options]:
-        toks = student.encode(f" {letter}")
-        if not toks:
-            raise InputError(f"the tokenizer gives no token for {letter!r}", field="tokenizer")
-        ids.append(toks[0])
-    if len(set(ids)) != len(ids):
-        raise InputError("option letters share a first token; letter scoring is impossible with this tokenizer",
-                         field="tokenizer")
-    return ids
+    return prompt_letter_ids(student.encode, n_options)
 
 
 def score_letters(student: Student, prompts: list[list[int]], n_options: list[int]) -> list[list[float]]:

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from kardlite.data.records import LETTERS
 from kardlite.errors import InputError
 
 Decoding = Literal["greedy", "sc"]
@@ -112,16 +111,9 @@ class GGUFBackend:
     def letter_ids(self, n_options: int) -> list[int]:
         """The first token of `` X`` for each of the first ``n_options`` letters (as ``evaluate.letter_token_ids``)."""
         if n_options not in self._letter_ids:
-            ids = []
-            for letter in LETTERS[:n_options]:
-                toks = self._tokenize_text(f" {letter}")
-                if not toks:
-                    raise InputError(f"the tokenizer gives no token for {letter!r}", field="tokenizer")
-                ids.append(toks[0])
-            if len(set(ids)) != len(ids):
-                raise InputError("option letters share a first token; letter scoring is impossible",
-                                 field="tokenizer")
-            self._letter_ids[n_options] = ids
+            from kardlite.prompts import letter_token_ids
+
+            self._letter_ids[n_options] = letter_token_ids(self._tokenize_text, n_options)
         return self._letter_ids[n_options]
 
     # ------------------------------------------------------------------------------------------ generation

@@ -187,12 +187,12 @@ class Judge:
     def letter_ids(self, n_options: int) -> list[int]:
         """First token id of each option letter as the model would write it next (" A" for causal LMs)."""
         if n_options not in self._letter_ids:
-            prefix = "" if self.seq2seq else " "
-            ids = [self.tokenizer.encode(prefix + letter, add_special_tokens=False)[0]
-                   for letter in LETTERS[:n_options]]
-            if len(set(ids)) != n_options:
-                raise InputError(f"judge tokenizer maps option letters to clashing tokens {ids}", field="judge")
-            self._letter_ids[n_options] = ids
+            from kardlite.prompts import letter_token_ids
+
+            def encode(text: str) -> list[int]:
+                return self.tokenizer.encode(text, add_special_tokens=False)
+
+            self._letter_ids[n_options] = letter_token_ids(encode, n_options, prefix="" if self.seq2seq else " ")
         return self._letter_ids[n_options]
 
     def scores(self, pairs: Sequence[tuple[QAItem, str]], *, progress: bool = False) -> list[list[float]]:
