@@ -149,7 +149,8 @@ def search(
 ) -> None:
     """Retrieve a pool from the KB, rerank it, print the top k."""
     from kardlite.kb import KnowledgeBase
-    from kardlite.rerank.model import ONNX_NAMES, Reranker
+    from kardlite.rerank.base import Reranker
+    from kardlite.rerank.encoder import ONNX_NAMES
     from kardlite.rerank.retriever import RerankRetriever
 
     name = backend.value

@@ -1,8 +1,8 @@
 """Late-interaction (ColBERT-style) reranker: question and passage are encoded apart and scored by MaxSim.
 
 This is the KARD paper's own reranker (docs/method.md §6). Unlike the cross-encoder's, a passage's token vectors do
-not depend on the question, so they are computed once and cached: a repeated passage costs a cache look-up, and the
-question is encoded once per ``rank`` call instead of once per candidate.
+not depend on the question, so they are computed once and cached (:mod:`kardlite.rerank.cache`): a repeated passage
+costs a cache look-up, and the question is encoded once per ``rank`` call instead of once per candidate.
 
 Scorer: the encoder (the cross-encoder's: all-MiniLM-L6-v2 by default, optional ``num_layers`` truncation and LoRA)
 encodes the query (at most ``query_max_length`` = 64 tokens) and each passage (at most ``max_length``) separately →
@@ -11,16 +11,11 @@ encodes the query (at most ``query_max_length`` = 64 tokens) and each passage (a
     score(q, p) = scale · mean over query tokens i of (max over passage tokens j of <E_q[i], E_p[j]>)
 
 Padding is masked on both sides; [CLS] and [SEP] count as tokens (they are in the attention mask, and the ONNX
-backend sees the same tokens as torch). Why the mean and a trained scale instead of ColBERT's plain sum: the sum
-grows with the query's length (a 15-token OBQA question against a 60-token MedQA one), so softmax(f/τ2) in the KL
-loss would need a τ2 tuned per dataset (the paper's 500 → 100). The mean lies in [-1, 1] whatever the length, and
-``scale`` (exp of a trained parameter, at most 100, like CLIP's logit scale) turns it into logits, so the
-cross-encoder's τ2 = 1 fits here too. All candidates of one query share the divisor, so the ranking is the one the
-sum gives. The scale starts at 30: at the start the candidates' mean-MaxSim values differ by ~0.05-0.1, while the
-targets' log-odds between candidates (rationale-BM25 / τ1) span ~1-4, so 30 puts the logits on the targets' scale.
-Adam moves the log-scale by about ``lr`` per step, so in a CPU run of a few hundred steps the start value is in
-effect the temperature: with 10 the model fitted the toy training set half as well (train KL 0.56 against 0.30
-after 18 steps, tests/rerank).
+backend sees the same tokens as torch). The mean, not ColBERT's sum, so that the score does not grow with the
+question's length and one τ2 fits every dataset; ``scale`` (exp of a trained parameter, at most 100, like CLIP's
+logit scale) turns it into logits. All candidates of one query share the divisor, so the ranking is the one the sum
+gives. The scale starts at 30 (:data:`INIT_SCALE`), which puts the untrained logits on the scale of the targets'
+log-odds; why 30 and not 10 is measured in docs/results/reranker-obqa.md ("Design notes").
 
 Saved folder: the encoder (``save_pretrained``), ``projection.safetensors`` (``weight`` (dim, hidden) and
 ``log_scale`` (1,)), ``tokenizer.json`` and ``reranker.json`` (``"kind": "late-interaction"``, ``"head": "maxsim"``,
@@ -34,31 +29,40 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import io
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kardlite._io import atomic_write_bytes, sha256_file
+from kardlite._io import sha256_file
 from kardlite.errors import ArtifactError, InputError
-from kardlite.rerank.model import (
+from kardlite.rerank.base import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_DIM,
-    DEFAULT_MAX_LENGTH,
     DEFAULT_QUERY_MAX_LENGTH,
+    Kind,
+    Reranker,
+    register_kind,
+)
+from kardlite.rerank.cache import (  # noqa: F401 (CACHE_FILE, WARM_LIMIT: also imported from here)
+    CACHE_FILE,
+    CACHE_FORMAT,
+    WARM_LIMIT,
+    PassageCache,
+    digest,
+    read_cache_file,
+    text_digests,
+    write_cache_file,
+)
+from kardlite.rerank.encoder import (
+    DEFAULT_MAX_LENGTH,
     FORMAT_VERSION,
     Backend,
-    Kind,
     PassageLike,
-    Reranker,
-    _base_encoder,
-    _check_pairs,
-    _text_of,
+    base_encoder,
+    check_pairs,
     fast_tokenizer,
     load_torch_folder,
     model_device,
@@ -66,25 +70,18 @@ from kardlite.rerank.model import (
     onnx_session,
     read_npz,
     run_encoder,
+    text_of,
 )
 
 KIND = "late-interaction"
 HEAD_KIND = "maxsim"
 PROJ_FILE = "projection.safetensors"  # torch folder: weight (dim, hidden), log_scale (1,)
 PROJ_NPZ = "projection.npz"  # ONNX folder: the same arrays for numpy
-CACHE_FILE = "passage_cache.npz"  # a bundle's precomputed passage matrices (save_passage_cache)
-CACHE_FORMAT = 1
-# KBs up to this many passages are cached whole: at load by the runtime, and in a bundle's CACHE_FILE at export.
-WARM_LIMIT = 20_000
 INIT_SCALE = 30.0  # why 30: see the module docstring
 MAX_SCALE = 100.0  # a cap, so that the scale cannot run away and make the softmax one-hot
 QUERY_FORMAT = ("linearized question (stem, then 'A. option' lines) encoded alone, at most query_max_length tokens; "
                 "passage contents encoded alone, at most max_length tokens")
 SCORE = "scale * mean over query tokens of max over passage tokens of cos(E_q, E_p); masks skip padding"
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 def maxsim(query: np.ndarray, passages: Sequence[np.ndarray]) -> np.ndarray:
@@ -135,69 +132,7 @@ def project(hidden: np.ndarray, mask: np.ndarray, weight: np.ndarray) -> list[np
     return [vec[i][keep[i]] for i in range(len(vec))]
 
 
-class PassageCache:
-    """Bounded LRU of passage token matrices keyed by passage text, safe to share between threads.
-
-    A lock guards the table and the counters only; encoding happens outside it, so two threads that miss the same
-    passage at once both encode it and store the same matrix.
-
-    Args:
-        max_entries: capacity; 0 turns caching off.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = int(max_entries)
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self._stats = {"hits": 0, "misses": 0, "encoded_passages": 0, "encoded_queries": 0}
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, text: object) -> bool:
-        with self._lock:
-            return text in self._data
-
-    def get_many(self, texts: Iterable[str]) -> dict[str, np.ndarray]:
-        """The cached matrices among ``texts`` (marked recently used); counts hits and misses."""
-        found: dict[str, np.ndarray] = {}
-        with self._lock:
-            for t in texts:
-                m = self._data.get(t)
-                if m is None:
-                    self._stats["misses"] += 1
-                    continue
-                self._data.move_to_end(t)
-                found[t] = m
-                self._stats["hits"] += 1
-        return found
-
-    def put_many(self, items: Mapping[str, np.ndarray]) -> None:
-        """Store matrices, evicting the least recently used beyond ``max_entries``."""
-        if self.max_entries <= 0:
-            return
-        with self._lock:
-            for t, m in items.items():
-                self._data[t] = m
-                self._data.move_to_end(t)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-    def count(self, key: str, n: int) -> None:
-        with self._lock:
-            self._stats[key] += n
-
-    def clear(self) -> None:
-        """Drop every entry and reset the counters."""
-        with self._lock:
-            self._data.clear()
-            self._stats = dict.fromkeys(self._stats, 0)
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"size": len(self._data), "max_entries": self.max_entries, **self._stats}
-
-
+@register_kind("late-interaction")
 class LateInteractionReranker(Reranker):
     """Late-interaction (ColBERT-style) reranker; build it with ``Reranker.from_pretrained(kind="late-interaction")``
     or :meth:`Reranker.load`. Same API as :class:`Reranker` (``rank``, ``score``, ``encode``, ``save``), plus a
@@ -224,8 +159,6 @@ class LateInteractionReranker(Reranker):
         1326
         >>> rr.rank("Which is a conductor?\\nA. iron\\nB. wood", kb.search("conductor", 50), top_k=3)  # doctest: +SKIP
     """
-
-    kind = KIND
 
     def __init__(self, *, backend: Backend, tokenizer: Any, max_length: int, query_max_length: int, dim: int,
                  cache_size: int = DEFAULT_CACHE_SIZE, model: Any = None, session: Any = None,
@@ -257,7 +190,7 @@ class LateInteractionReranker(Reranker):
                cache_size: int = DEFAULT_CACHE_SIZE) -> LateInteractionReranker:
         """A fresh trainable late-interaction reranker (what ``Reranker.from_pretrained`` builds for this kind)."""
         _check_settings(dim=dim, query_max_length=query_max_length, cache_size=cache_size)
-        tokenizer, encoder, base = _base_encoder(name_or_path, max_length=max_length, lora=lora,
+        tokenizer, encoder, base = base_encoder(name_or_path, max_length=max_length, lora=lora,
                                                  num_layers=num_layers, seed=seed)
         head_cls, scorer_cls = _torch_classes()
         model = scorer_cls(encoder, head_cls(int(encoder.config.hidden_size), dim))
@@ -312,7 +245,7 @@ class LateInteractionReranker(Reranker):
         Returns:
             float32 array of shape (len(pairs),).
         """
-        _check_pairs(pairs, batch_size)
+        check_pairs(pairs, batch_size)
         out = np.empty(len(pairs), dtype=np.float32)
         if not pairs:
             return out
@@ -374,7 +307,7 @@ class LateInteractionReranker(Reranker):
         """
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
-        texts = dict.fromkeys(_text_of(p, i)[0] for i, p in enumerate(passages))
+        texts = dict.fromkeys(text_of(p, i)[0] for i, p in enumerate(passages))
         missing = [t for t in texts if t not in self.cache][:self.cache.max_entries]
         if not missing:
             return 0
@@ -407,7 +340,7 @@ class LateInteractionReranker(Reranker):
         Returns:
             The number of passages written.
         """
-        texts = list(dict.fromkeys(_text_of(p, i)[0] for i, p in enumerate(passages)))
+        texts = list(dict.fromkeys(text_of(p, i)[0] for i, p in enumerate(passages)))
         fingerprint = self._fingerprint()
         mats: list[np.ndarray] = []
         from tqdm.auto import tqdm
@@ -419,15 +352,7 @@ class LateInteractionReranker(Reranker):
                 found = self._passage_matrices(part, batch_size)
                 mats.extend(found[t] for t in part)
                 bar.update(len(part))
-        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([m.shape[0] for m in mats])
-        vectors = np.concatenate(mats).astype(np.float16) if mats else np.zeros((0, self.dim), np.float16)
-        # digests as raw uint8 rows: numpy's fixed-width bytes type would drop a digest's trailing zero bytes
-        digests = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
-        buf = io.BytesIO()
-        np.savez(buf, vectors=vectors, offsets=offsets, digests=digests, model=np.array(fingerprint),
-                 format=np.array(CACHE_FORMAT))
-        atomic_write_bytes(path, buf.getvalue())
+        write_cache_file(path, text_digests(texts), mats, dim=self.dim, fingerprint=fingerprint)
         return len(texts)
 
     def load_passage_cache(self, path: str | Path, passages: Iterable[PassageLike], *,
@@ -447,25 +372,14 @@ class LateInteractionReranker(Reranker):
         Returns:
             The number of passages loaded.
         """
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in ("vectors", "offsets", "digests", "model", "format")}
-        except (OSError, ValueError, KeyError) as err:
-            raise ArtifactError(f"{path}: not a readable passage cache ({err})") from None
-        if (int(data["format"]) != CACHE_FORMAT or data["vectors"].ndim != 2 or data["vectors"].shape[1] != self.dim
-                or data["digests"].shape != (len(data["offsets"]) - 1, 32)):
-            raise ArtifactError(f"{path}: passage cache of format {int(data['format'])} with vectors "
-                                f"{data['vectors'].shape}; expected format {CACHE_FORMAT}, dim {self.dim}")
-        if str(data["model"]) != self._fingerprint(file_sha256 or {}):
-            raise ArtifactError(f"{path}: written by other reranker weights than {self.path}; rebuild it "
-                                f"(save_passage_cache, or re-export the bundle)")
-        row = {d.tobytes(): i for i, d in enumerate(data["digests"])}
+        data = read_cache_file(path, dim=self.dim, fingerprint=self._fingerprint(file_sha256 or {}),
+                               model_path=self.path)
         vectors, offsets = data["vectors"], data["offsets"]
+        row = {d.tobytes(): i for i, d in enumerate(data["digests"])}
         items: dict[str, np.ndarray] = {}
         for i, p in enumerate(passages):
-            text = _text_of(p, i)[0]
-            j = row.get(_digest(text))
+            text = text_of(p, i)[0]
+            j = row.get(digest(text))
             if j is not None and text not in items:
                 items[text] = vectors[offsets[j]:offsets[j + 1]]
             if len(items) >= self.cache.max_entries:
@@ -492,30 +406,17 @@ class LateInteractionReranker(Reranker):
         Raises:
             ArtifactError: ``path`` is unreadable, of another format, or was written by other weights.
         """
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in ("vectors", "offsets", "digests", "model", "format")}
-        except (OSError, ValueError, KeyError) as err:
-            raise ArtifactError(f"{path}: not a readable passage cache ({err})") from None
-        if int(data["format"]) != CACHE_FORMAT or str(data["model"]) != self._fingerprint():
-            raise ArtifactError(f"{path}: another cache format or other reranker weights than {self.path}")
+        fingerprint = self._fingerprint()
+        data = read_cache_file(path, dim=self.dim, fingerprint=fingerprint, model_path=self.path)
         vectors, offsets, digests = data["vectors"], data["offsets"], data["digests"]
-        wanted = None if keep is None else {_digest(_text_of(p, i)[0]) for i, p in enumerate(keep)}
+        wanted = None if keep is None else {digest(text_of(p, i)[0]) for i, p in enumerate(keep)}
         rows = [j for j in range(len(digests)) if wanted is None or digests[j].tobytes() in wanted]
         have = {digests[j].tobytes() for j in rows}
-        texts = [t for t in dict.fromkeys(_text_of(p, i)[0] for i, p in enumerate(add)) if _digest(t) not in have]
+        texts = [t for t in dict.fromkeys(text_of(p, i)[0] for i, p in enumerate(add)) if digest(t) not in have]
         fresh = self._encode_passages(texts, batch_size) if texts else {}
         mats = [vectors[offsets[j]:offsets[j + 1]] for j in rows] + [fresh[t] for t in texts]
-        new_offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-        new_offsets[1:] = np.cumsum([m.shape[0] for m in mats])
-        added = np.frombuffer(b"".join(_digest(t) for t in texts), dtype=np.uint8).reshape(len(texts), 32)
-        new_digests = np.concatenate([digests[rows].reshape(-1, 32), added])
-        stacked = np.concatenate(mats).astype(np.float16) if mats else np.zeros((0, self.dim), np.float16)
-        buf = io.BytesIO()
-        np.savez(buf, vectors=stacked, offsets=new_offsets, digests=new_digests, model=data["model"],
-                 format=np.array(CACHE_FORMAT))
-        atomic_write_bytes(out, buf.getvalue())
+        new_digests = np.concatenate([digests[rows].reshape(-1, 32), text_digests(texts)])
+        write_cache_file(out, new_digests, mats, dim=self.dim, fingerprint=fingerprint)
         return len(texts)
 
     def _fingerprint(self, known: Mapping[str, str] | None = None) -> str:
@@ -582,13 +483,9 @@ class LateInteractionReranker(Reranker):
     # ----- saving -----
     def config(self) -> dict[str, Any]:
         """The self-description written to ``reranker.json``."""
-        cfg = super().config()
-        for key in ("pooling", "num_labels"):
-            cfg.pop(key, None)
-        cfg.update({"kind": KIND, "head": HEAD_KIND, "head_file": PROJ_FILE, "dim": self.dim,
-                    "query_max_length": self.query_max_length, "truncation": "query and passage separately",
-                    "query_format": QUERY_FORMAT, "score": SCORE, "scale": self.scale})
-        return cfg
+        return {**super().config(), "head": HEAD_KIND, "head_file": PROJ_FILE, "dim": self.dim,
+                "query_max_length": self.query_max_length, "truncation": "query and passage separately",
+                "query_format": QUERY_FORMAT, "score": SCORE, "scale": self.scale}
 
     def _write_head(self, folder: Path) -> None:
         from safetensors.torch import save_file

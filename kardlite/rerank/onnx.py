@@ -10,8 +10,10 @@ import numpy as np
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json, work_dir
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
+from kardlite.rerank.base import KINDS
+from kardlite.rerank.cross import HEAD_FILE, HEAD_NPZ
+from kardlite.rerank.encoder import CONFIG_NAME
 from kardlite.rerank.late import PROJ_FILE, PROJ_NPZ
-from kardlite.rerank.model import CONFIG_NAME, HEAD_FILE, HEAD_NPZ, KINDS
 
 Quantization = Literal["avx2", "avx512", "avx512_vnni", "arm64"]
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from kardlite.data.records import QAItem
 from kardlite.errors import InputError
 from kardlite.kb.passage import Hit, Passage
-from kardlite.rerank.model import Reranker
+from kardlite.rerank.base import Reranker
 
 FirstStage = Literal["bm25", "dense", "hybrid"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
-from kardlite.rerank.model import Reranker
+from kardlite.rerank.model import CrossEncoderReranker, Reranker
 from kardlite.rerank.onnx import export_reranker_onnx
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_folder_without_kind_loads_as_cross_encoder(trained: Reranker, toy_reran
     assert cfg.pop("kind") == "cross-encoder"
     (old / "reranker.json").write_text(json.dumps(cfg))
     again = Reranker.load(old)
-    assert type(again) is Reranker and again.kind == "cross-encoder" and again.warm(["x"]) == 0
+    assert type(again) is CrossEncoderReranker and again.kind == "cross-encoder" and again.warm(["x"]) == 0
     texts = ["the camel lives in the desert", "the frog eats flies for energy"]
     np.testing.assert_allclose(again.score(QUERY, texts), trained.score(QUERY, texts), atol=1e-5)
 
