@@ -83,7 +83,12 @@ class Run:
 # ----------------------------------------------------------------------------- stages
 
 
-def stage_data(run: Run) -> None:
+def _modes(systems: set[str]) -> list[str]:
+    """The students that the given systems need, in training order."""
+    return [m for m in STUDENTS if m in systems or any(s.startswith(m + "-") for s in systems)]
+
+
+def stage_data(run: Run, systems: set[str]) -> None:
     a = run.args
     train = run.split_file("train", a.train_limit)
     store, filtered, kb = run.dir / "teacher_store", run.dir / "filtered", run.dir / "kb"
@@ -103,7 +108,7 @@ def stage_data(run: Run) -> None:
         subprocess.run([sys.executable, "-c", "from kardlite.kb import KBConfig, KnowledgeBase, read_passages; "
                         f"KnowledgeBase.build(read_passages({str(run.obqa / 'Main' / 'openbook.txt')!r}), "
                         f"{str(kb)!r}, config=KBConfig())"], check=True)
-    for mode in STUDENTS:
+    for mode in _modes(systems):
         path = run.dir / f"{mode}.jsonl"
         if not path.is_file():
             run.cli("distill", "build", "--tasks", str(train), "--rationales", str(filtered / "kept.jsonl"),
@@ -149,9 +154,7 @@ def _fact1_recall(run: Run, reranker: Path, pool: int = 20, k: int = 5) -> float
 
 def stage_train(run: Run, systems: set[str]) -> None:
     a = run.args
-    for mode in STUDENTS:
-        if mode not in systems and not any(s.startswith(mode + "-") for s in systems):
-            continue
+    for mode in _modes(systems):
         flags = ["--epochs", str(a.epochs), "--batch-size", "8", "--max-source-tokens", "384", "--lr", str(a.lr),
                  "--save-every", "10", "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0"]
         if a.max_steps:
@@ -431,7 +434,7 @@ def main() -> None:
     for stage in stages:
         print(f"== {stage}", flush=True)
         if stage == "data":
-            stage_data(run)
+            stage_data(run, systems)
         elif stage == "reranker":
             if "kard-reranker" in systems:
                 stage_reranker(run)
