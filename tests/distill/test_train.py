@@ -94,7 +94,7 @@ def test_seq2seq_student_trains_and_scores(tmp_path, tiny_kb, tiny_t5_dir):
 
 def test_prompt_budget_is_respected_and_answer_line_survives_target_cut(tmp_path, kard_examples, tiny_llama_dir):
     from kardlite.distill.examples import read_examples
-    from kardlite.distill.train import _featurize
+    from kardlite.distill.train import _encode_row, _featurize
 
     student = load_student(tiny_llama_dir)
     row = read_examples(kard_examples)[0]
@@ -102,7 +102,7 @@ def test_prompt_budget_is_respected_and_answer_line_survives_target_cut(tmp_path
     budget = full.n_tokens + 4  # not enough room for a whole passage
     cfg = _cfg(tiny_llama_dir, max_source_tokens=budget, max_target_tokens=12)
     stats = {"trimmed_prompts": 0, "truncated_targets": 0}
-    feat = _featurize(student, row, cfg, stats)
+    feat = _featurize(student, _encode_row(student, row, cfg, stats), row["item_id"], cfg.max_target_tokens, stats)
     n_prompt = sum(1 for t in feat.labels if t == -100)
     assert n_prompt <= budget and stats == {"trimmed_prompts": 1, "truncated_targets": 1}
     text = student.tokenizer.decode(feat.input_ids)
