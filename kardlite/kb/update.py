@@ -22,14 +22,13 @@ import os
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
-from kardlite._io import atomic_write_json, read_json, sha256_file
+from kardlite._io import atomic_write_json, read_json, sha256_file, work_dir
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
 
@@ -89,7 +88,7 @@ def update(path: str | Path, *, add: Sequence[Passage] = (), remove: Sequence[st
         if not path.is_dir():
             raise ArtifactError(f"{path}: no such knowledge base or bundle folder")
         bundle = _is_bundle(path)
-        with _staging(path) as tmp:
+        with work_dir(path) as tmp:  # swept of any a killed update left (we hold the lock)
             if bundle:
                 counts = _update_bundle(path, tmp, list(add), list(remove), progress)
             else:
@@ -114,7 +113,7 @@ def rewrite_folder(path: str | Path, edit: Callable[[Path, Path], Any], *, skip:
         recover(path)
         if not path.is_dir():
             raise ArtifactError(f"{path}: no such folder")
-        with _staging(path) as tmp:
+        with work_dir(path) as tmp:  # swept of any a killed update left (we hold the lock)
             _link_tree(path, tmp, skip=skip)
             result = edit(path, tmp)
             _swap(tmp, path)
@@ -314,18 +313,6 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _staging(path: Path) -> Iterator[Path]:
-    """A fresh temp folder beside ``path``; afterwards (swapped or failed) whatever is left there is deleted."""
-    for stale in path.parent.glob(f".{path.name}.update-*.tmp"):  # left by a killed update (we hold the lock)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.update-", suffix=".tmp"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _link_tree(src: Path, dst: Path, *, skip: Iterable[str]) -> None:
