@@ -51,8 +51,9 @@ def test_answer_shape(pipe) -> None:
     first_stage = {c["id"]: c["score"] for c in ans["candidates"]}
     assert all(p["first_stage_score"] == pytest.approx(first_stage[p["id"]]) for p in ans["passages"])
     assert ans["valid"] == (ans["letter"] is not None) and ans["votes"] is None and ans["samples"] is None
-    if ans["valid"]:
-        assert ans["answer"] == opts[ans["index"]]
+    # The random tiny student may or may not end with a letter (its near-tied logits depend on the CPU's kernels):
+    # both outcomes are checked for consistency, neither is required.
+    assert ans["answer"] == (opts[ans["index"]] if ans["valid"] else None)
     t = ans["timings"]
     assert set(t) == {"retrieve", "rerank", "prompt", "prefill", "generate", "total"}
     assert all(v >= 0 for v in t.values()) and t["total"] >= t["generate"] + t["rerank"] + t["retrieve"]
@@ -91,8 +92,9 @@ def test_self_consistency_votes(pipe) -> None:
     ans = pipe.ask(*QUESTIONS[0], samples=3, seed=7, max_new_tokens=8)
     assert ans["samples"] is not None and len(ans["samples"]) == 3
     assert isinstance(ans["votes"], dict) and sum(ans["votes"].values()) <= 3
-    if ans["votes"]:
-        assert ans["letter"] == max(ans["votes"], key=ans["votes"].get)
+    # the majority letter (a tie goes to the letter a sample reached first), or none when no sample gave a letter
+    top = max(ans["votes"].values(), default=0)
+    assert (ans["letter"] in {k for k, v in ans["votes"].items() if v == top}) if top else ans["letter"] is None
     again = pipe.ask(*QUESTIONS[0], samples=3, seed=7, max_new_tokens=8)
     assert again["samples"] == ans["samples"]  # seeded
 
