@@ -80,6 +80,8 @@ class StudentTrainConfig:
     snapshot_every: int = 0  # keep the trainable weights every N steps in snapshots/ (learning curves); 0 = never
     log_every: int = 1
     use_chat_template: bool | None = None  # None: the student's default (its chat template if it has one)
+    # How the target writes the answer after "Answer:": the letter ("B"), the option's text, or both ("(B) text").
+    answer_format: str = "letter"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the manifest
 
 
@@ -104,7 +106,7 @@ def _encode_row(student: Student, row: dict[str, Any], cfg: StudentTrainConfig, 
 
     passages = [Passage(id=p["id"], title=p.get("title", ""), text=p["text"]) for p in row.get("passages") or []]
     prompt = student.prompt(row["item"], row["mode"], passages=passages, rationale=row.get("rationale"),
-                            with_target=True, max_tokens=cfg.max_source_tokens)
+                            with_target=True, max_tokens=cfg.max_source_tokens, answer_format=cfg.answer_format)
     stats["trimmed_prompts"] += int(prompt.trimmed)
     target = prompt.target or ""
     tgt = student.encode_target(target)  # the rationale as plain text: its "<|im_end|>" stays text
@@ -151,16 +153,17 @@ def _featurize(student: Student, encoded: tuple[list[int], str, list[int]], item
 def _collate(feats: list[_Feature], student: Student) -> dict[str, Any]:
     """Dynamic padding to the longest sequence of the micro-batch.
 
-    Decoders are padded on the left so every target ends at the last position; then logits are computed
-    only for the last positions (``logits_to_keep``), which saves gigabytes for a 49k vocabulary.
+    Decoders are padded on the right and get no attention mask: under the causal mask a real token never sees the
+    pads after it, so the mask adds nothing, and without one PyTorch's fused causal attention kernel runs (it keeps
+    no L x L attention matrix for the backward pass). Positions count from 0 in every row.
     """
     import torch
 
     pad = student.tokenizer.pad_token_id
     n = max(len(f.input_ids) for f in feats)
     ids = torch.full((len(feats), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(feats), n), dtype=torch.long)
     if student.kind == "seq2seq":
+        mask = torch.zeros((len(feats), n), dtype=torch.long)
         m = max(len(f.labels) for f in feats)
         labels = torch.full((len(feats), m), -100, dtype=torch.long)
         for i, f in enumerate(feats):
@@ -170,50 +173,44 @@ def _collate(feats: list[_Feature], student: Student) -> dict[str, Any]:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     labels = torch.full((len(feats), n), -100, dtype=torch.long)
     for i, f in enumerate(feats):
-        ids[i, n - len(f.input_ids):] = torch.tensor(f.input_ids)
-        mask[i, n - len(f.input_ids):] = 1
-        labels[i, n - len(f.labels):] = torch.tensor(f.labels)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        ids[i, : len(f.input_ids)] = torch.tensor(f.input_ids)
+        labels[i, : len(f.labels)] = torch.tensor(f.labels)
+    return {"input_ids": ids, "labels": labels}
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model inside PEFT and accelerate wrappers."""
+    base = model
+    while hasattr(base, "get_base_model") or hasattr(base, "module"):
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
+    return base
 
 
 def _loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, int]:
-    """Summed token cross-entropy over target tokens, and the number of target tokens."""
+    """Summed token cross-entropy over target tokens, and the number of target tokens.
+
+    For a decoder the vocabulary projection runs only at the positions that predict a target token: the decoder's
+    hidden states are gathered there first. A prompt position's logits would be thrown away, and over a 49k
+    vocabulary they are the largest tensors of the step (fp32 logits, their softmax and its gradient).
+    """
     import torch.nn.functional as F
 
     labels = batch["labels"]
     if kind == "seq2seq":
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-        targets = labels
-    else:
-        mask = batch["attention_mask"]
-        # Left padding: positions must count from each row's first real token.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        first_target = int((labels != -100).float().argmax(-1).min())
-        keep = labels.shape[1] - first_target + 1  # logits at position t predict token t+1
-        kwargs = {"logits_to_keep": keep} if _accepts(model, "logits_to_keep") else {}
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
-                       **kwargs).logits
-        logits = logits[:, -keep:-1] if kwargs else logits[:, first_target - 1:-1]
-        targets = labels[:, first_target:]
-    n_tokens = int((targets != -100).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
-                           reduction="sum")
-    return loss, n_tokens
-
-
-_ACCEPTS: dict[tuple[int, str], bool] = {}
-
-
-def _accepts(model: Any, arg: str) -> bool:
-    import inspect
-
-    base = model
-    while hasattr(base, "get_base_model") or hasattr(base, "module"):
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base.module
-    key = (id(type(base)), arg)
-    if key not in _ACCEPTS:
-        _ACCEPTS[key] = arg in inspect.signature(base.forward).parameters
-    return _ACCEPTS[key]
+        n_tokens = int((labels != -100).sum())
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum"), n_tokens
+    base = _unwrap(model)
+    targets = labels[:, 1:]
+    where = targets != -100  # hidden state at t predicts token t + 1
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                use_cache=False).last_hidden_state
+    logits = base.get_output_embeddings()(hidden[:, :-1][where]).float()
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-style soft cap, as the model's own forward applies it
+        logits = (logits / cap).tanh() * cap
+    return F.cross_entropy(logits, targets[where], reduction="sum"), int(where.sum())
 
 
 def _dev_loss(model: Any, feats: list[_Feature], student: Student, batch_size: int, device: Any) -> float | None:
@@ -495,7 +492,8 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
     # source budget and passage count as in training, and a generation cap above the longest training target.
     info = {"kind": student.kind, "mode": mode, "base": student.name, "max_source_tokens": cfg.max_source_tokens,
             "max_target_tokens": budget, "max_new_tokens": max(target_lengths, default=budget) + 16,
-            "n_docs": _n_docs(rows), "use_chat_template": student.use_chat_template}
+            "n_docs": _n_docs(rows), "use_chat_template": student.use_chat_template,
+            "answer_format": cfg.answer_format}
     if accelerator.is_main_process:
         atomic_write_json(out / "run_info.json", {"student": info, "config": asdict(cfg)})
 

@@ -183,3 +183,34 @@ def test_snapshots_rebuild_the_model_at_their_step(tmp_path, kard_examples, tiny
         a, b, c = (load_student(p).model(ids).logits for p in (final, rebuilt, first))
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-5)
     assert json.loads((rebuilt / "kardlite_student.json").read_text())["snapshot_step"] == 4
+
+
+def test_target_position_loss_equals_the_full_loss(kard_examples, tiny_llama_dir):
+    """The loss from hidden states gathered at target positions (right padding, no mask) equals the textbook one:
+    left padding with an attention mask, logits over every position, cross-entropy over the target tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    from kardlite.distill.train import _collate, _encode_row, _featurize, _loss_sum
+
+    student = load_student(str(tiny_llama_dir))
+    cfg = _cfg(tiny_llama_dir)
+    stats = {"trimmed_prompts": 0, "truncated_targets": 0}
+    from kardlite.distill.examples import read_examples
+
+    rows = read_examples(kard_examples)[:5]
+    feats = [_featurize(student, _encode_row(student, r, cfg, stats), r["item_id"], 64, stats) for r in rows]
+    assert len({len(f.input_ids) for f in feats}) > 1  # rows of different lengths: padding is exercised
+    model = student.model.eval()
+    with torch.no_grad():
+        ours, n_ours = _loss_sum(model, _collate(feats, student), "causal")
+        n = max(len(f.input_ids) for f in feats)
+        pad = student.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (n - len(f.input_ids)) + f.input_ids for f in feats])
+        mask = torch.tensor([[0] * (n - len(f.input_ids)) + [1] * len(f.input_ids) for f in feats])
+        labels = torch.tensor([[-100] * (n - len(f.labels)) + f.labels for f in feats])
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        full = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100, reduction="sum")
+    assert n_ours == sum(f.n_target for f in feats)
+    assert float(ours) / n_ours == pytest.approx(float(full) / n_ours, abs=1e-5)
