@@ -47,6 +47,14 @@ INSTRUCTIONS: dict[str, str] = {
              "knowledge below where it helps.",
 }
 CUES: dict[str, str] = {"ft": "Answer:", "rd": "Explanation:", "kard": "Explanation:", "ka-ft": "Answer:"}
+
+AnswerFormat = Literal["letter", "text", "both"]
+ANSWER_FORMATS: tuple[AnswerFormat, ...] = ("letter", "text", "both")
+# How the instructions name the answer in each format ("letter" is the wording above, unchanged).
+_FORMAT_WORDS: dict[str, tuple[str, str]] = {
+    "text": ("the text of the correct option", "'Answer: <option text>'"),
+    "both": ("the letter and the text of the correct option", "'Answer: (<letter>) <option text>'"),
+}
 MIN_TRIMMED_PASSAGE_TOKENS = 16  # a passage cut shorter than this is noise, so drop it instead
 
 Segment = tuple[str, bool]
@@ -168,20 +176,55 @@ def letter_token_ids(encode: Callable[[str], list[int]], n_options: int, *, pref
     return ids
 
 
-def build_target(item: QAItem, mode: Mode, rationale: str | None = None) -> str:
-    """The text after the cue: `` <rationale>\\nAnswer: X`` (rd, kard) or `` X`` (ft)."""
+def check_answer_format(answer_format: str) -> AnswerFormat:
+    """``answer_format`` if it is one of ANSWER_FORMATS, else an InputError naming the choices."""
+    if answer_format not in ANSWER_FORMATS:
+        raise InputError(f"unknown answer format {answer_format!r}; choose {', '.join(ANSWER_FORMATS)}",
+                         field="answer_format")
+    return answer_format  # type: ignore[return-value]
+
+
+def answer_string(index: int, option: str, answer_format: AnswerFormat = "letter") -> str:
+    """What follows ``Answer:`` for option ``index``: ``B``, its text, or ``(B) text`` (training and scoring alike).
+
+    Example:
+        >>> answer_string(1, " hydrochlorothiazide ", "both")
+        '(B) hydrochlorothiazide'
+    """
+    letter = LETTERS[index]
+    if answer_format == "letter":
+        return letter
+    if answer_format == "text":
+        return option.strip()
+    return f"({letter}) {option.strip()}"
+
+
+def build_target(item: QAItem, mode: Mode, rationale: str | None = None,
+                 answer_format: AnswerFormat = "letter") -> str:
+    """The text after the cue: `` <rationale>\\nAnswer: X`` (rd, kard) or `` X`` (ft, ka-ft), where X is the
+    answer in ``answer_format`` (see ``answer_string``)."""
     if item.label is None:
         raise InputError(f"item {item.id!r} has no gold label, so no training target", field="label")
-    letter = LETTERS[item.label]
+    answer = answer_string(item.label, item.options[item.label], check_answer_format(answer_format))
     if mode in ANSWER_ONLY_MODES:
-        return f" {letter}"
+        return f" {answer}"
     if not rationale or not rationale.strip():
         raise InputError(f"item {item.id!r}: mode {mode!r} needs a rationale", field="rationale")
-    return f" {rationale.strip()}\nAnswer: {letter}"
+    return f" {rationale.strip()}\nAnswer: {answer}"
 
 
-def _user_text(item: QAItem, mode: Mode, passage_blocks: Sequence[str]) -> str:
-    parts = [INSTRUCTIONS[mode], f"Question: {item.linearize()}"]
+def instruction(mode: Mode, answer_format: AnswerFormat = "letter") -> str:
+    """The instruction line of a prompt, naming the answer as ``answer_format`` writes it."""
+    text = INSTRUCTIONS[mode]
+    if answer_format == "letter":
+        return text
+    option, line = _FORMAT_WORDS[check_answer_format(answer_format)]
+    return text.replace("the letter of the correct option", option).replace("'Answer: <letter>'", line)
+
+
+def _user_text(item: QAItem, mode: Mode, passage_blocks: Sequence[str], answer_format: AnswerFormat = "letter"
+               ) -> str:
+    parts = [instruction(mode, answer_format), f"Question: {item.linearize()}"]
     if mode in KNOWLEDGE_MODES:
         parts.append("Knowledge:\n" + ("\n".join(passage_blocks) if passage_blocks else "(none)"))
     return "\n".join(parts)
@@ -205,6 +248,7 @@ def build_prompt(
     bos_token: str = "",
     eos_token: str = "",
     count_segments: Callable[[Sequence[Segment]], int] | None = None,
+    answer_format: AnswerFormat = "letter",
 ) -> Prompt:
     """Build the model input (and optionally the target) for one question.
 
@@ -221,6 +265,8 @@ def build_prompt(
         count_segments: segments -> token count, each segment tokenised on its own with special tokens parsed
             only in template markup; when given it replaces ``count_tokens`` (the exact count of what the
             model reads; the student and the runtime pass one).
+        answer_format: how the answer is written after ``Answer:``: ``letter`` (``B``), ``text`` (the option's
+            text) or ``both`` (``(B) text``); it sets the instruction's wording and the target.
 
     Returns:
         A Prompt. The same arguments (less the target) give the same ``text`` in training and inference.
@@ -237,10 +283,11 @@ def build_prompt(
     """
     if mode not in MODES:
         raise ValueError(f"unknown prompt mode {mode!r}; choose from {MODES}")
+    check_answer_format(answer_format)
     frame = chat_frame(chat_template, bos_token, eos_token) if chat_template else None
 
     def render(blocks: Sequence[str]) -> tuple[Segment, ...]:
-        user = _user_text(item, mode, blocks)
+        user = _user_text(item, mode, blocks, answer_format)
         if frame is not None:
             return (frame[0], True), (user, False), (frame[1] + CUES[mode], True)
         return ((f"{user}\n{CUES[mode]}", False),)
@@ -290,7 +337,7 @@ def build_prompt(
     target = None
     target_segments: tuple[Segment, ...] = ()
     if with_target:
-        target = build_target(item, mode, rationale)
+        target = build_target(item, mode, rationale, answer_format)
         target_segments = ((target, False),)
         if chat_template and eos_token:
             target += eos_token

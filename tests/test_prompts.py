@@ -238,3 +238,34 @@ def test_vote_is_shared_and_breaks_ties_by_first_vote() -> None:
     assert vote([None, 2, 1, 1, 2]) == 2
     assert vote([3, 0, 0]) == 0
     assert vote([None]) is None
+
+
+@pytest.mark.parametrize("answer_format", ["letter", "text", "both"])
+@pytest.mark.parametrize("mode", ["ft", "ka-ft", "rd", "kard"])
+def test_each_answer_format_round_trips_through_the_target_and_the_reader(mode, answer_format) -> None:
+    from kardlite.distill.evaluate import option_continuations
+    from kardlite.prompts import answer_string
+
+    item = QAItem("q", "Which diuretic lowers urinary calcium?",
+                  ("furosemide", "hydrochlorothiazide", "acetazolamide", "mannitol"), 1)
+    rationale = "Thiazides increase calcium reabsorption in the distal tubule." if mode in ("rd", "kard") else None
+    p = build_prompt(item, mode, rationale=rationale, with_target=True, answer_format=answer_format)
+    written = {"letter": "B", "text": "hydrochlorothiazide", "both": "(B) hydrochlorothiazide"}[answer_format]
+    assert p.target.endswith(written) and answer_string(1, " hydrochlorothiazide", answer_format) == written
+    # what the reader gets back: the cue plus the target, as a student trained on it would write it
+    assert parse_answer("Answer:" + p.target, 4, item.options) == 1
+    # the letter format's prompt is unchanged; the others say how to answer
+    if answer_format == "letter":
+        assert p.text == build_prompt(item, mode).text
+    else:
+        assert "letter of the correct option" not in p.text and "<letter>'" not in p.text.replace("(<letter>)", "")
+    # option-text scoring scores exactly what the target writes after "Answer:" (the text, or "(B) text")
+    continuation = option_continuations([item.options], answer_format)[0][1]
+    assert p.target.endswith(continuation) if answer_format != "letter" else continuation == " hydrochlorothiazide"
+
+
+def test_unknown_answer_format_is_an_input_error() -> None:
+    item = QAItem("q", "Q?", ("a", "b"), 0)
+    with pytest.raises(InputError, match="unknown answer format 'words'") as err:
+        build_prompt(item, "ft", answer_format="words")
+    assert err.value.field == "answer_format"

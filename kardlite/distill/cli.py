@@ -41,6 +41,12 @@ class AnswerScoring(StrEnum):
     text = "text"
 
 
+class AnswerFormatChoice(StrEnum):
+    letter = "letter"
+    text = "text"
+    both = "both"
+
+
 class EvalBackend(StrEnum):
     torch = "torch"
     gguf = "gguf"
@@ -113,6 +119,9 @@ def train_student_cmd(
              "keeps a 135M student under 3 GB).")] = 2048,
     group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")] = True,
     freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")] = 0,
+    answer_format: Annotated[AnswerFormatChoice, typer.Option(
+        help="The answer after 'Answer:' in targets: the letter, the option's text, or both ('(B) text').")
+    ] = AnswerFormatChoice.letter,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
     lora_r: Annotated[int, typer.Option()] = 16,
     lora_alpha: Annotated[int, typer.Option()] = 32,
@@ -134,7 +143,8 @@ def train_student_cmd(
                              group_by_length=group_by_length, freeze_layers=freeze_layers, lora=not full,
                              lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
                              dev_fraction=dev_fraction, save_every=save_every,
-                             eval_every=eval_every, snapshot_every=snapshot_every)
+                             eval_every=eval_every, snapshot_every=snapshot_every,
+                             answer_format=answer_format.value)
     model_dir = train_student(examples, out, cfg)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     typer.echo(f"saved {model_dir} (steps {manifest['steps']}, metrics {manifest['metrics']})")

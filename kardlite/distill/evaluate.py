@@ -44,7 +44,9 @@ from kardlite.prompts import (
     ANSWER_ONLY_MODES,
     KNOWLEDGE_MODES,
     MODES,
+    AnswerFormat,
     Mode,
+    answer_string,
     parse_answer,
     stated_answers,
     vote,  # re-exported: its home is prompts
@@ -216,23 +218,38 @@ def score_letters(student: Student, prompts: list[list[int]], n_options: list[in
     return out
 
 
-def score_option_texts(student: Student, prompts: list[list[int]], options: list[Sequence[str]]) -> list[list[float]]:
-    """Mean log-likelihood of each option's text (`` <text>``) as the continuation of each prompt.
+def score_option_texts(student: Student, prompts: list[list[int]], options: list[Sequence[str]],
+                       answer_format: AnswerFormat = "letter") -> list[list[float]]:
+    """Mean log-likelihood of each option's answer as the continuation of each prompt: `` <text>``, or
+    `` (X) <text>`` for a student trained on the ``both`` format.
 
     Small models tie letters to options poorly; the option's own words are often the better read of what they
     mean. Causal students only.
     """
+    conts = option_continuations(options, answer_format)
+    return [[mean for mean, _ in row] for row in score_continuations(student, prompts, conts)]
+
+
+def option_continuations(options: list[Sequence[str]], answer_format: AnswerFormat = "letter") -> list[list[str]]:
+    """What option-text scoring scores after ``Answer:``: `` <text>``, or `` (X) <text>`` in the ``both`` format."""
+    fmt: AnswerFormat = "both" if answer_format == "both" else "text"
+    return [[" " + answer_string(i, o, fmt) for i, o in enumerate(opts)] for opts in options]
+
+
+def score_continuations(student: Student, prompts: list[list[int]], continuations: list[Sequence[str]]
+                        ) -> list[list[tuple[float, float]]]:
+    """(mean, total) log-likelihood of each continuation text after its prompt, tokenised as plain text."""
     import torch
 
     if student.kind != "causal":
-        raise InputError("option-text scoring needs a causal (decoder-only) student", field="answer_scoring")
+        raise InputError("continuation scoring needs a causal (decoder-only) student", field="answer_scoring")
     seqs, spans = [], []
-    for prompt, opts in zip(prompts, options, strict=True):
-        for text in opts:
-            cont = student.encode(" " + text.strip()) or student.encode(text)
+    for prompt, conts in zip(prompts, continuations, strict=True):
+        for text in conts:
+            cont = student.encode(text, special=False) or student.encode(text.strip(), special=False)
             seqs.append(prompt + cont)
             spans.append(len(cont))
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     model, tok = student.model, student.tokenizer
     with torch.no_grad():
         for i in range(0, len(seqs), 16):
@@ -245,11 +262,11 @@ def score_option_texts(student: Student, prompts: list[list[int]], options: list
             for row, n in enumerate(lens):
                 targets = ids[row, -n:]
                 picked = logp[row, -n:].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                out.append(float(picked.mean()))
+                out.append((float(picked.mean()), float(picked.sum())))
     result, pos = [], 0
-    for opts in options:
-        result.append(out[pos:pos + len(opts)])
-        pos += len(opts)
+    for conts in continuations:
+        result.append(out[pos:pos + len(conts)])
+        pos += len(conts)
     return result
 
 
@@ -353,11 +370,11 @@ class _Engine:
                      suffixes: list[str] | None = None) -> list[list[float]]:
         if self.backend is not None:
             prompts = [t + s for t, s in zip(texts, suffixes, strict=True)] if suffixes is not None else texts
-            conts = [[" " + o.strip() for o in opts] for opts in options]
+            conts = option_continuations(options, self.student.answer_format)
             return [[c.mean for c in row] for row in self.backend.score_continuations(prompts, conts)]
         if suffixes is not None:
             ids = [i + self.student.encode(s) for i, s in zip(ids, suffixes, strict=True)]
-        return score_option_texts(self.student, ids, options)
+        return score_option_texts(self.student, ids, options, self.student.answer_format)
 
     def generate(self, texts: list[str], ids: list[list[int]], n_opts: list[int], cfg: EvalConfig,
                  seed: int) -> list[list[str]]:

@@ -88,6 +88,7 @@ def build_examples(
     select: Select = "first",
     seed: int = 42,
     kb_path: str | Path | None = None,
+    query: Literal["rationale", "question"] = "rationale",
 ) -> list[dict[str, Any]]:
     """Build FT, RD, KARD or KA-FT training examples from questions and their kept rationales.
 
@@ -108,6 +109,8 @@ def build_examples(
         select: ``first``, ``shortest`` or ``random`` (see ``select_rationales``).
         seed: for ``select="random"``.
         kb_path: recorded in the provenance.
+        query: what retrieves the training passages: the ``rationale`` (KARD's way) or the linearised
+            ``question`` (what a plain retrieve-then-answer system sees; an ablation of what the rationale buys).
 
     Returns:
         Example rows (see the module docstring).
@@ -125,6 +128,8 @@ def build_examples(
         raise ArtifactError(f"mode {mode!r} needs a knowledge base (build one with `kardlite kb build`)")
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}", field="k")
+    if query not in ("rationale", "question"):
+        raise InputError(f"unknown query {query!r}; choose rationale or question", field="query")
 
     chosen: list[tuple[QAItem, list[tuple[int, str]]]] = []
     for item in items:
@@ -150,8 +155,9 @@ def build_examples(
     hits_per_pair: list[list[Any]] = [[] for _ in pairs]
     if mode in KNOWLEDGE_MODES:
         # The query is the rationale text only: the answer line is not part of it.
-        hits_per_pair = kb.search_many([text for _, _, text in pairs], k, retriever=retriever)
-    provenance = {"query": "rationale", "retriever": retriever, "k": k,
+        queries = [text if query == "rationale" else item.linearize() for item, _, text in pairs]
+        hits_per_pair = kb.search_many(queries, k, retriever=retriever)
+    provenance = {"query": query, "retriever": retriever, "k": k,
                   "kb": str(kb_path) if kb_path is not None else None} if mode in KNOWLEDGE_MODES else None
     for (item, index, text), hits in zip(pairs, hits_per_pair, strict=True):
         rows.append({"mode": mode, "item_id": item.id, "rationale_index": index, "item": item.to_dict(),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from kardlite.data.records import QAItem
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
-from kardlite.prompts import Mode, PassageLike, Prompt, Segment, build_prompt
+from kardlite.prompts import AnswerFormat, Mode, PassageLike, Prompt, Segment, build_prompt, check_answer_format
 
 Kind = Literal["causal", "seq2seq"]
 STUDENT_FILE = "kardlite_student.json"  # written next to a trained student's weights
@@ -51,6 +51,11 @@ class Student:
     use_chat_template: bool
     info: dict[str, Any]
 
+    @property
+    def answer_format(self) -> AnswerFormat:
+        """How this student writes its answer after ``Answer:`` (from its training; ``letter`` when untrained)."""
+        return check_answer_format(self.info.get("answer_format", "letter"))
+
     def encode(self, text: str | Prompt, *, special: bool = True) -> list[int]:
         """Token ids without added special tokens.
 
@@ -84,11 +89,13 @@ class Student:
         return len(self.encode_segments(segments))
 
     def prompt(self, item: QAItem, mode: Mode, *, passages: Sequence[PassageLike] = (), rationale: str | None = None,
-               with_target: bool = False, max_tokens: int = 512) -> Prompt:
-        """The student's input for ``item`` via ``build_prompt`` (see there), with exact token counting."""
+               with_target: bool = False, max_tokens: int = 512, answer_format: AnswerFormat | None = None) -> Prompt:
+        """The student's input for ``item`` via ``build_prompt`` (see there), with exact token counting; the
+        answer format defaults to the one the student was trained with (``letter`` for an untrained model)."""
         tok = self.tokenizer
         return build_prompt(
             item, mode, passages=passages, rationale=rationale, with_target=with_target, max_tokens=max_tokens,
+            answer_format=answer_format or self.answer_format,
             count_tokens=self.count_tokens, count_segments=self.count_segments,
             chat_template=tok.chat_template if self.use_chat_template else None,
             bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
