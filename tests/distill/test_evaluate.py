@@ -63,9 +63,19 @@ def test_ft_letter_scoring_and_resume(tmp_path, tiny_llama_dir):
     path = tmp_path / "ev" / "predictions.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:3]) + lines[3][:20])
-    m2 = evaluate(student, ITEMS, tmp_path / "ev", cfg)
-    again = [json.loads(x) for x in path.read_text().splitlines()]
+    scored: list[int] = []  # rows of each forward pass of the real model: what the re-run recomputes
+    hook = student.model.register_forward_pre_hook(lambda _m, _a, kw: scored.append(len(kw["input_ids"])),
+                                                   with_kwargs=True)
+    try:
+        m2 = evaluate(student, ITEMS, tmp_path / "ev", cfg)
+    finally:
+        hook.remove()
+    assert sum(scored) == len(ITEMS) - 3  # only the three rows the crash lost
+    new_lines = path.read_text().splitlines(keepends=True)
+    assert new_lines[:3] == lines[:3]  # the done rows are kept byte for byte, the torn one dropped
+    again = [json.loads(x) for x in new_lines]
     assert [r["id"] for r in again] == [it.id for it in ITEMS] and m2["accuracy"] == m["accuracy"]
+    assert new_lines[3:] == lines[3:]  # recomputed the same way (greedy letter scores)
     with pytest.raises(ArtifactError, match="other settings"):
         evaluate(student, ITEMS, tmp_path / "ev", EvalConfig(mode="rd"))
     # an unfinished evaluation still shows up in a report, marked partial
