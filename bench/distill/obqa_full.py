@@ -156,7 +156,7 @@ def stage_train(run: Run, systems: set[str]) -> None:
     a = run.args
     for mode in _modes(systems):
         flags = ["--epochs", str(a.epochs), "--batch-size", "8", "--max-source-tokens", "384", "--lr", str(a.lr),
-                 "--save-every", "10", "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0"]
+                 "--save-every", str(a.save_every), "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0"]
         if a.max_steps:
             flags += ["--max-steps", str(a.max_steps)]
         if a.student:
@@ -415,6 +415,7 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--snapshot-every", type=int, default=155, help="steps between learning-curve snapshots")
+    p.add_argument("--save-every", type=int, default=10, help="steps between training checkpoints (resume points)")
     p.add_argument("--student", default=None, help="base student (default: the packaged SmolLM2-135M-Instruct)")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from kardlite._io import sha256_file
 from tests.conftest import needs_shared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,30 @@ SCRIPT = ROOT / "bench" / "distill" / "obqa_full.py"
 def _cmd(obqa: Path, run: Path, student: Path, report: Path) -> list[str]:
     return [sys.executable, str(SCRIPT), "--obqa", str(obqa), "--run", str(run), "--student", str(student),
             "--systems", "ft,kard-bm25", "--train-limit", "16", "--test-limit", "4", "--dev-limit", "4",
-            "--max-steps", "2", "--snapshot-every", "1", "--report", str(report)]
+            "--max-steps", "4", "--save-every", "2", "--snapshot-every", "2", "--report", str(report)]
+
+
+# Loaded by every Python process of the first sitting (a sitecustomize on its PYTHONPATH): the KARD student's
+# training process kills the whole run (SIGKILL to its process group, as a kill from outside would) right after
+# step KILL_AT is logged: after the checkpoint of step 2, before the checkpoint of step 4. Killing from the test
+# when a file appears would race with training steps of a few milliseconds.
+KILL_HOOK = """
+import os, signal, sys
+if "student" in sys.argv and any(a.endswith("student-kard") for a in sys.argv):
+    import kardlite.distill.train as _train
+    _write_curve = _train._write_curve
+    def _write_curve_then_die(out, history):
+        _write_curve(out, history)
+        if history and history[-1]["step"] == int(os.environ["KARDLITE_TEST_KILL_AT"]):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+    _train._write_curve = _write_curve_then_die
+"""
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """(inode, mtime, sha256) of every file under folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns, sha256_file(p))
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.slow
@@ -30,20 +53,28 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     run, report = tmp_path / "run", tmp_path / "obqa-full.md"
     cmd = _cmd(obqa_dir, run, tiny_llama_dir, report)
-    # First sitting: killed (SIGKILL, whole process group) once the KARD student has started training.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (run / "student-kard" / "run_info.json").is_file():
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "eval-kard-bm25").exists()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    # First sitting: killed mid-way through the KARD student's training, after step 3 (checkpoint at step 2).
+    first = subprocess.run(cmd, env={**env, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "KARDLITE_TEST_KILL_AT": "3"},
+                           capture_output=True, text=True, timeout=600, start_new_session=True, check=False)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    kard = run / "student-kard"
+    assert json.loads((kard / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert [h["step"] for h in json.loads((kard / "loss_curve.json").read_text())] == [1, 2, 3]
+    assert not (kard / "manifest.json").exists() and not (run / "eval-kard-bm25").exists()
+    assert (run / "student-ft" / "manifest.json").is_file()  # the FT student finished before the kill
+    ft_files = _files(run / "student-ft")
     logged = [json.loads(x)["cmd"][:2] for x in (run / "log.jsonl").read_text().splitlines()]
     # Second sitting: the same command finishes the work without redoing what was done.
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("resuming from step") == 1 and "resuming from step 2 of 4" in done.stdout
+    history = json.loads((kard / "loss_curve.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert json.loads((kard / "manifest.json").read_text())["steps"] == 4
+    assert _files(run / "student-ft") == ft_files  # the finished student: not trained again, not rewritten
     again = [json.loads(x)["cmd"][:2] for x in (run / "log.jsonl").read_text().splitlines()][len(logged):]
     assert ["rationales", "import"] not in again and ["rationales", "filter"] not in again
     assert again.count(["distill", "build"]) == 0
@@ -55,8 +86,8 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
         ids = [json.loads(x)["id"] for x in (run / f"eval-{system}" / "predictions.jsonl").read_text().splitlines()]
         assert len(ids) == len(set(ids)) == 4
     for mode in ("ft", "kard"):
-        assert result["training"][mode]["steps"] == 2 and result["training"][mode]["finished"]
-    assert {c["step"] for c in result["curves"]["kard-bm25"]} == {1, 2}
+        assert result["training"][mode]["steps"] == 4 and result["training"][mode]["finished"]
+    assert {c["step"] for c in result["curves"]["kard-bm25"]} == {2, 4}
     assert set(result["comparisons"]) == {"kard-bm25 vs ft"}
     assert all(0 <= c["mcnemar_p"] <= 1 for c in result["comparisons"].values())
 
