@@ -3,7 +3,8 @@
 Each fuzz target runs a few hundred derandomized cases (the same every run: CI failures reproduce) and asserts
 that only kardlite's own errors escape, that no case takes a second of CPU time (CPU, not wall time: the test
 machine is shared), and that whatever is accepted is the input unchanged (up to the documented stripping of
-edge whitespace).
+edge whitespace). A target whose inputs are mostly refused also checks that enough of them are accepted
+(:class:`Tally`): a loader that refuses everything must fail its fuzz test, not pass it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,34 @@ def attempt(fn: Callable[..., Any], *args: Any, threads: int = 1, **kwargs: Any)
     finally:
         spent = (time.process_time() - start) / threads
         assert spent < LIMIT_S, f"{getattr(fn, '__name__', fn)} took {spent:.2f} s of CPU time per thread"
+
+
+class Tally:
+    """Counts a fuzz run's cases and the accepted ones, to require a minimum share of accepted cases.
+
+    Example:
+        >>> tally = Tally()
+        >>> @fuzz_settings()
+        ... @given(text)
+        ... def case(s): result, err = tally.attempt(fn, s)
+        >>> case(); tally.require(0.3)  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.cases = self.accepted = 0
+
+    def attempt(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, KardliteError | None]:
+        """:func:`attempt`, counted."""
+        result, err = attempt(fn, *args, **kwargs)
+        self.cases += 1
+        self.accepted += err is None
+        return result, err
+
+    def require(self, share: float) -> None:
+        """Fail unless at least ``share`` of the cases were accepted (and the run had cases)."""
+        assert self.cases > 0, "the fuzz run tried no case"
+        assert self.accepted >= share * self.cases, \
+            f"only {self.accepted} of {self.cases} cases accepted (at least {share:.0%} expected)"
 
 
 # Characters that broke things before: superscript and circled digits, line and paragraph separators, form feed,
