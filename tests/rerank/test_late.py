@@ -199,12 +199,25 @@ def test_passage_cache_file_fills_another_process_cache_without_encoding(late_in
     assert writer.save_passage_cache(cache_file, [*texts, TEXTS[0]]) == 6  # duplicates written once
     assert not list(tmp_path.glob(".*.tmp"))
 
+    # another process reads the file: it scores with the very matrices the writer used and encodes no passage
+    code = ("import json, sys; from kardlite.rerank.model import Reranker; a = json.loads(sys.argv[1]); "
+            "r = Reranker.load(a['dir'], backend='onnx'); n = r.load_passage_cache(a['file'], a['texts']); "
+            "before = r.cache_info()['encoded_passages']; hits = r.rank(a['query'], a['rank']); "
+            "print(json.dumps({'loaded': n, 'before': before, 'after': r.cache_info()['encoded_passages'], "
+            "'hits': hits}))")
+    arg = json.dumps({"dir": str(late_int8_dir), "file": str(cache_file), "query": QUERY, "rank": TEXTS,
+                      "texts": [*texts, "the owl has large eyes"]})
+    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    other = json.loads(out.stdout.strip().splitlines()[-1])
+    assert other["loaded"] == 6  # the last text is not in the file
+    assert other["before"] == other["after"] == 0
+    assert other["hits"] == json.loads(json.dumps(expected))  # same ids, ranks and scores (floats round-trip)
+
     reader = Reranker.load(late_int8_dir, backend="onnx")
-    assert reader.load_passage_cache(cache_file, [*texts, "the owl has large eyes"]) == 6  # the last is not in it
-    assert reader.cache_info()["encoded_passages"] == 0
-    assert reader.rank(QUERY, TEXTS) == expected  # the very matrices the writer scored with
-    assert reader.cache_info()["encoded_passages"] == 0
+    assert reader.load_passage_cache(cache_file, [*texts, "the owl has large eyes"]) == 6
     assert reader.warm([*texts, "the owl has large eyes"]) == 1  # only what the file lacked
+    assert reader.cache_info()["encoded_passages"] == 1
 
     # other weights (here: the same export with one projection value changed) must not read it
     proj = late_dir_copy / "projection.npz"
@@ -282,23 +295,23 @@ def test_bad_inputs(toy_late_dir: Path, late_int8_dir: Path, tmp_path: Path) -> 
         assert err.value.field == field
     for cfg, field in [(RerankTrainConfig(kind="colbert"), "kind"),  # type: ignore[arg-type]
                        (RerankTrainConfig(kind="late-interaction", dim=0), "dim")]:
-        with pytest.raises(InputError) as err:
+        with pytest.raises(InputError, match=field) as err:
             cfg.validate()
         assert err.value.field == field
     with pytest.raises(InputError, match="cache_size"):
         Reranker.load(late_int8_dir, backend="onnx", cache_size=-5)
     onnx = Reranker.load(late_int8_dir, backend="onnx")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="encode feeds the torch model"):
         onnx.encode([(QUERY, "x")])  # training needs the torch backend
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="the query is empty"):
         onnx.rank("  ", ["x"])
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="passage 0 is a int"):
         onnx.rank(QUERY, [42])  # type: ignore[list-item]
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
         onnx.warm(["x"], batch_size=0)
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="has no ONNX model"):
         Reranker.load(toy_late_dir, backend="onnx")  # a torch folder has no ONNX model
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match=r"has no torch weights \(config\.json\)"):
         Reranker.load(late_int8_dir, backend="torch")  # an export has no torch weights
     broken = tmp_path / "noproj"
     shutil.copytree(late_int8_dir, broken)
@@ -317,5 +330,6 @@ def test_bad_inputs(toy_late_dir: Path, late_int8_dir: Path, tmp_path: Path) -> 
         shutil.copytree(late_int8_dir, odd)
         cfg = json.loads((odd / "reranker.json").read_text())
         (odd / "reranker.json").write_text(json.dumps({**cfg, **change}))
-        with pytest.raises(ArtifactError):
+        with pytest.raises(ArtifactError, match=r"reranker\.json: unknown (reranker kind 'colbert'|late-interaction"
+                                                r" format)|'dim' must be a positive integer, got 0"):
             Reranker.load(odd, backend="onnx")
