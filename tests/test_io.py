@@ -11,7 +11,7 @@ def test_atomic_dir_keeps_old_on_error_and_sweeps_stale_temp(tmp_path: Path) -> 
     final = tmp_path / "index"
     with atomic_dir(final) as tmp:
         atomic_write_json(tmp / "a.json", {"v": 1})
-    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+    with pytest.raises(RuntimeError, match="crash mid-build"), atomic_dir(final) as tmp:
         atomic_write_json(tmp / "a.json", {"v": 2})
         raise RuntimeError("crash mid-build")
     assert read_json(final / "a.json") == {"v": 1}

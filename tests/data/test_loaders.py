@@ -125,7 +125,7 @@ def test_duplicate_ids_non_utf8_and_unreadable(tmp_path: Path) -> None:
         if locked.stat().st_uid == 0:  # root reads anything, so exercise the error path another way
             locked.chmod(0o644)
             (tmp_path / "dir.jsonl").mkdir()
-            with pytest.raises(InputError):
+            with pytest.raises(InputError, match="is a directory, expected a file"):
                 load_task(tmp_path / "dir.jsonl", format="obqa")
         else:
             with pytest.raises(InputError, match="cannot read"):

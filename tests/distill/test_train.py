@@ -62,9 +62,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, kard_e
 
     def stop_at_2(step, loss):
         if step == 2:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("stopped at step 2")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
         train_student(kard_examples, tmp_path / "run", cfg, on_step=stop_at_2)
     assert not (tmp_path / "run" / "model").exists()
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2

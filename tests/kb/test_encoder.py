@@ -97,7 +97,7 @@ def test_export_is_cached_and_reused_without_torch(tmp_path: Path, monkeypatch: 
     assert (tmp_path / "a" / onnx).read_bytes() == (tmp_path / "b" / onnx).read_bytes()
     np.testing.assert_array_equal(Encoder(tmp_path / "b").encode(SENTENCES), Encoder(tmp_path / "a").encode(SENTENCES))
     assert export_encoder(DenseConfig(max_length=64), tmp_path / "c")["max_length"] == 64  # limit is not in the key
-    with pytest.raises(MissingExtraError):  # other settings are another export
+    with pytest.raises(MissingExtraError, match=r"optimum-onnx is needed.*kardlite\[train\]"):  # another export
         export_encoder(DenseConfig(quantize=False), tmp_path / "d")
     # A fresh cache is seeded by copying any KB's encoder folder (how a core-only user gets the export first).
     monkeypatch.setenv("KARDLITE_CACHE_DIR", str(tmp_path / "cache2"))

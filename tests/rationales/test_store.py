@@ -55,7 +55,7 @@ def test_corrupt_complete_line_is_an_error(tmp_path: Path) -> None:
 
 def test_second_writer_is_locked_out(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    with RationaleStore(path), pytest.raises(StoreLockedError):
+    with RationaleStore(path), pytest.raises(StoreLockedError, match="is being written by another process"):
         RationaleStore(path)
     with RationaleStore(path) as st:  # released on close
         assert st.done == set()

@@ -16,10 +16,10 @@ from kardlite.rerank.late import LateInteractionReranker
 def test_every_kind_is_registered_with_its_class() -> None:
     assert [reranker_class(k) for k in KINDS] == [CrossEncoderReranker, LateInteractionReranker]
     assert all(issubclass(reranker_class(k), Reranker) and reranker_class(k).kind == k for k in KINDS)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(InputError, match="unknown reranker kind 'colbert'") as err:
         reranker_class("colbert")
     assert err.value.field == "kind"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="unknown reranker kind 'colbert'"):
         Reranker.from_pretrained(kind="colbert")  # type: ignore[arg-type]
 
 

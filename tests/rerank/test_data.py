@@ -91,11 +91,11 @@ def test_bad_inputs(tmp_path: Path, toy_kb, toy_data) -> None:
     items, _rats = toy_data
     with pytest.raises(InputError, match="unknown item"):
         build_queries(toy_kb, items, [("nope", 0, "some text")], progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"rationale 0 of item '{items[0].id}' is empty"):
         build_queries(toy_kb, items, [(items[0].id, 0, "   ")], progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="pool must be >= 1, got 0"):
         CandidateConfig(pool=0).validate()
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"dev_fraction must be in \[0, 1\), got 1.5"):
         split_by_item([], 1.5)
     bad = tmp_path / "kept.jsonl"
     bad.write_text(json.dumps({"item_id": "a", "rationale_index": 0, "text": "ok text"}) + "\n"
@@ -105,9 +105,9 @@ def test_bad_inputs(tmp_path: Path, toy_kb, toy_data) -> None:
     assert err.value.line == 2 and err.value.field == "text"
     bad.write_text('{"item_id": "a", "rationale_index": 0, "query": "q", "ids": ["x"], "texts": ["t"], '
                    '"labels": [1.0]}\n')
-    with pytest.raises(InputError) as err:
+    with pytest.raises(InputError, match="ids, texts and labels must have the same length") as err:
         load_queries(bad)
     assert err.value.line == 1
     bad.write_text("not json\n")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="line 1: malformed JSON"):
         load_queries(bad)

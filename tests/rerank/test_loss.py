@@ -64,11 +64,11 @@ def test_kl_gradient_moves_scores_towards_labels() -> None:
 @pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_non_positive_temperatures_are_rejected(bad: float) -> None:
     x = torch.zeros(1, 2)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"temperatures must be positive, got tau1={bad}, tau2=1"):
         rerank_loss(x, x, torch.ones(1, 2, dtype=torch.bool), tau1=bad)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"temperatures must be positive, got tau1=1.0, tau2={bad}"):
         rerank_loss(x, x, torch.ones(1, 2, dtype=torch.bool), tau2=bad)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"field 'tau1_end': temperatures must be positive and finite, got {bad}"):
         RerankTrainConfig(tau1_end=bad).validate()
 
 
@@ -90,11 +90,11 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def test_shape_mismatch_and_bad_objective() -> None:
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"shape mismatch: scores \(1, 3\), labels \(1, 2\)"):
         rerank_loss(torch.zeros(1, 3), torch.zeros(1, 2), torch.ones(1, 3, dtype=torch.bool))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="objective must be 'kl' or 'ce', got 'mse'"):
         rerank_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), objective="mse")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="field 'objective': objective must be 'kl' or 'ce', got 'mse'"):
         RerankTrainConfig(objective="mse").validate()  # type: ignore[arg-type]
 
 

@@ -130,28 +130,28 @@ def test_onnx_backend_never_imports_torch(int8_dir: Path) -> None:
 
 
 def test_bad_inputs(trained: Reranker, int8_dir: Path, tmp_path: Path, toy_reranker_dir: Path) -> None:
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="the query is empty"):
         trained.rank("   ", ["x"])
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="passage 0 is a int"):
         trained.rank(QUERY, [42])  # type: ignore[list-item]
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="top_k must be >= 0, got -1"):
         trained.rank(QUERY, ["x"], top_k=-1)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="batch_size must be >= 1, got 0"):
         trained.score(QUERY, ["x"], batch_size=0)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="missing: reranker folder not found"):
         Reranker.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match=r"empty is not a reranker folder: reranker\.json is missing"):
         Reranker.load(tmp_path / "empty")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="unknown backend 'tensorflow'"):
         Reranker.load(toy_reranker_dir, backend="tensorflow")  # type: ignore[arg-type]
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="has no ONNX model"):
         Reranker.load(toy_reranker_dir, backend="onnx")  # a torch folder has no ONNX model
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match=r"has no torch weights \(config\.json\)"):
         Reranker.load(int8_dir, backend="torch")  # an export has no torch weights
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="empty is not a saved torch reranker"):
         export_reranker_onnx(tmp_path / "empty", tmp_path / "out")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"num_layers must be in 1\.\.6, got 99"):
         Reranker.from_pretrained(num_layers=99)
     # an export without its head, and an old-format ([CLS] head) folder, are refused with a clear error
     headless = tmp_path / "headless"
@@ -165,6 +165,6 @@ def test_bad_inputs(trained: Reranker, int8_dir: Path, tmp_path: Path, toy_reran
     with pytest.raises(ArtifactError, match="format-1"):
         Reranker.load(old)
     one = Reranker.load(int8_dir, backend="onnx")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="only a torch reranker can be saved"):
         one.save(tmp_path / "nope")
     assert isinstance(Passage(id="a", title="t", text="x").contents, str)

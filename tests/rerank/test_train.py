@@ -42,11 +42,11 @@ def test_rejects_overlapping_split_and_empty_data(tmp_path, toy_split) -> None:
     train, dev = toy_split
     with pytest.raises(InputError, match="share"):
         train_reranker((train, train[:2]), tmp_path / "x", RerankTrainConfig(epochs=1), progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="no training queries"):
         train_reranker(([], dev), tmp_path / "x", progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"missing: expected a folder with train\.jsonl"):
         train_reranker(tmp_path / "missing", tmp_path / "x", progress=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"field 'tau2': temperatures must be positive and finite, got 0\.0"):
         train_reranker((train, dev), tmp_path / "x", RerankTrainConfig(tau2=0.0), progress=False)
     assert not (tmp_path / "x").exists()
 

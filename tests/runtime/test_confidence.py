@@ -52,10 +52,13 @@ def test_calibrator_round_trips_through_json_and_rejects_bad_files() -> None:
     again = Calibrator.from_dict(data)
     assert again.predict(rows[0]) == pytest.approx(cal.predict(rows[0]))
     assert again.fitted_on["split"] == "dev" and again.fitted_on["answers"] == 50
-    for bad in ({**data, "kind": "pickle"}, {**data, "version": 9}, {**data, "weights": data["weights"][:-1]},
-                {**data, "features": ["letter_prob", "x", *data["features"][2:]]}, {**data, "scale": [0.0] * 6},
-                {**data, "bias": "nan"}, [1, 2]):
-        with pytest.raises(ArtifactError):
+    for bad, why in (({**data, "kind": "pickle"}, "not a kardlite calibrator"),
+                     ({**data, "version": 9}, "calibrator version 9"),
+                     ({**data, "weights": data["weights"][:-1]}, "malformed calibrator"),
+                     ({**data, "features": ["letter_prob", "x", *data["features"][2:]]}, "malformed calibrator"),
+                     ({**data, "scale": [0.0] * 6}, "malformed calibrator"),
+                     ({**data, "bias": "nan"}, "malformed calibrator"), ([1, 2], "not a kardlite calibrator")):
+        with pytest.raises(ArtifactError, match=f"^calibration.json: {why}"):
             Calibrator.from_dict(bad)
 
 
@@ -79,7 +82,7 @@ def test_ece_risk_coverage_by_hand() -> None:
     assert acc.tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
     assert accuracy_at_coverage(conf, right, 0.5) == 0.5
     assert accuracy_at_coverage(conf, right, 0.3) == 0.5  # ceil(1.2) = 2 answers
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"coverage must be in \(0, 1\], got 0.0"):
         accuracy_at_coverage(conf, right, 0.0)
 
 
