@@ -36,6 +36,9 @@ N_PARAMS = 134.5e6  # SmolLM2-135M, embeddings tied
 # Each variant: StudentTrainConfig fields. "baseline" is main's defaults before this bench (fixed 256-token target
 # budget, no length grouping, no token cap, LoRA r16 on every linear layer with dropout 0.05).
 BASELINE = {"group_by_length": False, "max_batch_tokens": None, "max_target_tokens": 256, "lora_dropout": 0.05}
+# The baseline runs the code of this revision (main before the target-position loss and right padding; the same
+# code the 1.36x of the previous run was measured against, with the settings above).
+BASELINE_REF = "551328f"
 VARIANTS: dict[str, dict[str, object]] = {
     "baseline": BASELINE,
     "group": {**BASELINE, "group_by_length": True},
@@ -44,6 +47,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "default": {},  # StudentTrainConfig's defaults as they are now: group, cap 1024, no dropout, data budget
     "default+cap2048": {"max_batch_tokens": 2048},
     "default+cap512": {"max_batch_tokens": 512},
+    "default+cap1024": {"max_batch_tokens": 1024},
+    "default+cap768": {"max_batch_tokens": 768},
     "default+attn-lora": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "default+freeze8": {"freeze_layers": 8},
     "default+freeze15": {"freeze_layers": 15},
@@ -51,6 +56,19 @@ VARIANTS: dict[str, dict[str, object]] = {
     "default+ckpt": {"gradient_checkpointing": True},
     "full-ft": {"lora": False, "lr": 1e-5},
 }
+
+
+def _checkout(ref: str, work: Path) -> Path:
+    """The tree of git revision ``ref`` (its own kardlite and bench), extracted once under ``work``: the baseline
+    runs the old code itself, not today's code with old settings."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    tree = work / f"ref-{sha}"
+    if not (tree / "kardlite").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def _run(cmd: list[str], **kw: object) -> None:
@@ -154,6 +172,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=48, help="training examples per variant (multiple of batch)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write the results JSON here too")
+    parser.add_argument("--baseline-ref", default=BASELINE_REF,
+                        help="git revision whose own code runs the 'baseline' variant ('' = this checkout)")
     parser.add_argument("--one", nargs=3, metavar=("EXAMPLES", "VARIANT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -173,7 +193,10 @@ def main() -> None:
                 raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
             out = args.work / "runs" / f"{shape}-{variant}"
             shutil.rmtree(out, ignore_errors=True)
-            proc = subprocess.run([sys.executable, __file__, "--examples", str(args.examples), "--batch-size",
+            script = Path(__file__)
+            if variant == "baseline" and args.baseline_ref:
+                script = _checkout(args.baseline_ref, args.work) / "bench" / "train_speed.py"
+            proc = subprocess.run([sys.executable, str(script), "--examples", str(args.examples), "--batch-size",
                                    str(args.batch_size), "--one", str(files[shape]), variant, str(out)],
                                   capture_output=True, text=True, check=False)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
