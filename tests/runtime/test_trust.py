@@ -14,7 +14,7 @@ import pytest
 from kardlite._io import sha256_file
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb import Passage
-from kardlite.runtime.confidence import FEATURES, Calibrator, install_calibrator
+from kardlite.runtime.confidence import FEATURES, Calibrator, install_calibrator, raw_confidence
 
 pytestmark = pytest.mark.slow
 
@@ -35,24 +35,58 @@ def test_every_answer_carries_confidence_and_its_signals(pipe) -> None:
     assert 0.0 <= ans["confidence"] <= 1.0 and ans["confidence"] == ans["confidence_raw"]  # no calibrator
     assert set(ans["signals"]) == set(FEATURES) and ans["abstention"] is None
     assert ans["signals"]["top_score"] == pytest.approx(ans["passages"][0]["rerank_score"], abs=1e-5)
-    if not ans["valid"]:
-        assert ans["confidence"] == 0.0
+    assert ans["confidence"] == raw_confidence(ans["signals"], valid=ans["valid"], samples=1)
     free = pipe.ask("What can prolonged nitroprusside infusion cause?", max_new_tokens=8)
     assert set(free["signals"]) == {"top_score", "score_margin", "claim_support", "option_support"}
     assert 0.0 <= free["confidence"] <= 1.0
 
 
+def _judged(pipe, text: str, abstain_below: float | None = None) -> dict:
+    """What the pipeline makes of a generated ``text`` for Q: parsed, then judged (signals, confidence, abstention)
+    over the passages a real ask of Q shows. A tiny random student never writes an answer line of its own, so the
+    valid case is built from a written text; both cases then go through the pipeline's own steps."""
+    shown = pipe.ask(*Q, max_new_tokens=1)["passages"]
+    item, opts = pipe._validate_question(*Q)
+    answer = pipe._answer(item, opts, [text], 1)
+    answer.update(passages=shown)
+    pipe._judge(answer, [], 1, abstain_below)
+    return answer
+
+
+VALID = "Digoxin binds the sodium pump of the myocyte.\nAnswer: A"
+INVALID = "Digoxin binds the sodium pump of the myocyte."
+
+
+def test_valid_and_invalid_answers_get_their_confidence(pipe) -> None:
+    good = _judged(pipe, VALID)
+    assert good["valid"] and good["letter"] == "A" and good["answer"] == Q[1][0]
+    assert good["signals"]["letter_prob"] == 0.5 and good["signals"]["vote_share"] == 1.0  # no letter distribution
+    assert good["confidence"] == good["confidence_raw"] == 0.5 and good["abstention"] is None
+    bad = _judged(pipe, INVALID)
+    assert not bad["valid"] and bad["letter"] is None
+    assert bad["confidence"] == bad["confidence_raw"] == 0.0 and bad["signals"]["letter_prob"] == 0.0
+
+
 def test_abstain_below_withholds_the_letter_with_a_reason(pipe) -> None:
-    kept = pipe.ask(*Q, max_new_tokens=8, abstain_below=0.0)
-    assert kept["abstention"] is None or not kept["valid"]
+    kept = _judged(pipe, VALID, abstain_below=0.0)
+    assert kept["abstention"] is None and kept["letter"] == "A"
+    low = _judged(pipe, VALID, abstain_below=1.0)
+    assert low["letter"] is None and low["index"] is None and low["answer"] is None
+    assert low["abstention"] == {"reason": "confidence 0.50 is below the threshold 1.00", "threshold": 1.0,
+                                 "withheld": "A"}
+    for threshold in (0.0, 1.0):  # an invalid answer is withheld at any threshold, for that reason
+        none = _judged(pipe, INVALID, abstain_below=threshold)
+        assert none["abstention"] == {"reason": "the student wrote no valid answer", "threshold": threshold,
+                                      "withheld": None}
+    # end to end through ask: the same question with and without a threshold of 1
+    plain = pipe.ask(*Q, max_new_tokens=8)
     ans = pipe.ask(*Q, max_new_tokens=8, abstain_below=1.0)
-    assert ans["confidence"] < 1.0
+    assert ans["confidence"] == plain["confidence"] < 1.0
     assert ans["abstention"] is not None and ans["abstention"]["threshold"] == 1.0
     assert ans["letter"] is None and ans["index"] is None and ans["answer"] is None
-    assert ans["abstention"]["withheld"] == kept["letter"]
-    assert ("below the threshold 1.00" in ans["abstention"]["reason"]) == kept["valid"]
+    assert ans["abstention"]["withheld"] == plain["letter"]
     for bad in (-0.1, 1.5, "0.5", True):
-        with pytest.raises(InputError) as info:
+        with pytest.raises(InputError, match="abstain_below must be a number between 0 and 1") as info:
             pipe.ask(*Q, abstain_below=bad)
         assert info.value.field == "abstain_below"
 
@@ -71,9 +105,11 @@ def test_calibrator_in_the_bundle_is_verified_and_used(tiny_bundle: Path, tmp_pa
     assert manifest["calibration"] == "calibration.json" and "calibration.json" in manifest["files"]
     with load(bundle, threads=1) as p:
         assert p.calibrator is not None
-        ans = p.ask(*Q, max_new_tokens=8)
-        expected = cal.predict(ans["signals"]) if ans["valid"] else 0.0
-        assert ans["confidence"] == pytest.approx(expected, abs=1e-6)
+        good = _judged(p, VALID)
+        assert good["confidence"] == pytest.approx(cal.predict(good["signals"]), abs=1e-6)
+        assert good["confidence_raw"] == 0.5 and good["confidence"] != 0.5  # the calibrator, not the raw value
+        bad = _judged(p, INVALID)
+        assert bad["confidence"] == 0.0  # an invalid answer is not calibrated
     # the calibrator is a listed file like any other: altering it is caught at load
     data = json.loads((bundle / "calibration.json").read_text())
     data["bias"] += 1.0
