@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from kardlite.errors import InputError, KardliteError
+from kardlite.errors import InputError, KardliteError, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -82,7 +82,7 @@ def cli_errors(fn: F) -> F:
             raise fail(err) from None
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
             where = f"{err.filename}: " if err.filename else ""
-            typer.echo(f"error: {where}{err.strerror or err}", err=True)
+            typer.echo(f"error: {printable(where + str(err.strerror or err))}", err=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -137,7 +137,7 @@ class OneLineErrorsGroup(TyperGroup):
             code = getattr(err, "exit_code", None)
             if not (hasattr(err, "format_message") and isinstance(code, int)):
                 raise
-            message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+            message = printable(" ".join(err.format_message().split()))  # type: ignore[attr-defined]
             ctx = getattr(err, "ctx", None)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             typer.echo(f"error: {message}{hint}", err=True)

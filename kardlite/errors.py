@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
+
+# Characters that would break an error's one line or hide part of it: C0/C1 controls (newline, carriage return,
+# escape sequences), DEL, the Unicode line and paragraph separators, and the bidirectional overrides/isolates
+# that reorder what a terminal shows. A single character class: linear time.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value: Any) -> str:
+    r"""``value`` as text for an error message or log line: every control character escaped (``\n``,
+    ``\x1b``, ``\u2028``), so that a file name or value from a user can neither span lines nor forge one.
+
+    Example:
+        >>> printable("x\nerror: all good")
+        'x\\nerror: all good'
+    """
+    text = value if isinstance(value, str) else str(value)
+
+    def escape(m: re.Match[str]) -> str:
+        ch = m.group()
+        if ch in _SHORT:
+            return _SHORT[ch]
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return _UNPRINTABLE.sub(escape, text)
 
 
 class KardliteError(Exception):
-    """Base class for every error kardlite raises deliberately."""
+    """Base class for every error kardlite raises deliberately. Its message is made printable (control characters
+    escaped, see :func:`printable`): one error is one line, whatever path or value it quotes."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(printable(a) if isinstance(a, str) else a for a in args))
 
 
 class InputError(KardliteError, ValueError):

@@ -43,3 +43,17 @@ def test_every_install_hint_names_a_real_extra() -> None:
 def test_hint_without_an_extra_installs_the_package() -> None:
     assert "pip install 'kardlite[train]'" in str(MissingExtraError("torch", "train"))
     assert "pip install 'llama-cpp-python'" in str(MissingExtraError("llama-cpp-python", None))
+
+
+def test_error_messages_escape_control_characters() -> None:
+    from kardlite.errors import ArtifactError, InputError, printable
+
+    assert printable("x\nerror: all good, exit 0") == "x\\nerror: all good, exit 0"
+    assert printable("a\rb\tc\x1b[31md\x7f\x85e\u2028f\u2029g\u202eh") == \
+        "a\\rb\\tc\\x1b[31md\\x7f\\x85e\\u2028f\\u2029g\\u202eh"
+    assert printable("plain é 文 ①") == "plain é 文 ①" and printable(3) == "3"
+    err = InputError("bad\nvalue", path="dir/x\nerror: fine", line=2, field="a\rb")
+    assert str(err) == "dir/x\\nerror: fine, line 2, field 'a\\rb': bad\\nvalue"
+    assert err.path == "dir/x\nerror: fine"  # the attribute keeps the real path
+    assert str(ArtifactError("bundle/x\nerror: all good: not listed")).count("\n") == 0
+    assert str(MissingExtraError("pkg\n", None)).count("\n") == 0
