@@ -72,9 +72,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputError(f"cannot read file ({getattr(err, 'strerror', None) or err})", path=path) from None
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: an object with a key twice is a ValueError, not "last one wins"
+    (two readers of the same file could otherwise disagree on what it says)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def read_json(path: str | Path) -> Any:
+    """Read a JSON file; malformed JSON, a duplicate key, an undecodable or unreadable file is an InputError."""
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path), object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
     except (ValueError, RecursionError) as err:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json
+from kardlite.errors import InputError
 
 
 def test_atomic_dir_keeps_old_on_error_and_sweeps_stale_temp(tmp_path: Path) -> None:
@@ -59,3 +60,12 @@ def test_work_dir_lives_beside_its_destination_and_stale_ones_are_swept(tmp_path
         (tmp / "manifest.json").write_text("{}")
     assert not (tmp_path / ".kb.killed.tmp").exists() and (tmp_path / "kb" / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb"]
+
+
+def test_read_json_refuses_a_duplicate_key(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"a": 1, "b": {"c": 2, "c": 3}}')
+    with pytest.raises(InputError, match=r"m\.json: unreadable JSON \(duplicate key 'c'\)"):
+        read_json(path)
+    path.write_text('{"a": 1, "b": {"c": 2}, "d": [{"c": 3}]}')  # the same key in different objects is fine
+    assert read_json(path) == {"a": 1, "b": {"c": 2}, "d": [{"c": 3}]}

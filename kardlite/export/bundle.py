@@ -44,6 +44,7 @@ from kardlite._io import (
     atomic_write_text,
     read_json,
     sha256_file,
+    unique_keys,
     work_dir,
 )
 from kardlite._versions import package_versions
@@ -313,7 +314,7 @@ def seal_bundle(bundle: str | Path, manifest: Mapping[str, Any] | None = None) -
     """
     bundle = Path(bundle)
     if manifest is None:
-        manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     out = dict(manifest)
     out["files"] = {rel: {"sha256": sha256_file(bundle / rel), "bytes": (bundle / rel).stat().st_size}
                     for rel in _walk(bundle)}
@@ -350,7 +351,7 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: sha256 differs from {DIGEST_FILE}: the manifest was altered; re-export the "
                             "bundle")
     try:
-        manifest = json.loads(data.decode("utf-8"))
+        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ArtifactError(f"{path}: unreadable ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kardlite._io import atomic_dir, atomic_write_json, sha256_file
+from kardlite._io import atomic_dir, atomic_write_json, sha256_file, unique_keys
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb import bm25 as _bm25
 from kardlite.kb import encoder as _encoder
@@ -148,7 +148,7 @@ class KnowledgeBase:
         if not manifest_path.is_file():
             raise ArtifactError(f"{path} is not a knowledge base: {MANIFEST} is missing")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, OSError) as err:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kardlite._io import atomic_dir, atomic_write_json, read_json, sha256_file, work_dir
+from kardlite._io import atomic_dir, atomic_write_json, read_json, sha256_file, unique_keys, work_dir
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.kb.config import DenseConfig
 
@@ -261,7 +261,8 @@ class Encoder:
 
         self.folder = folder
         try:
-            self.meta = meta if meta is not None else json.loads((folder / META).read_text(encoding="utf-8"))
+            self.meta = meta if meta is not None else json.loads((folder / META).read_text(encoding="utf-8"),
+                                                                 object_pairs_hook=unique_keys)
             self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             options = ort.SessionOptions()
             # No busy-waiting between calls: the next pipeline stage (the student's decoding) wants those cores.
