@@ -60,6 +60,9 @@ def support(rationale: str, option: str | None, passages: Sequence[str]) -> tupl
     return float(claim), float(opt)
 
 
+_MIN_SCALE = 1e-9  # Calibrator.fit's floor for a feature's standard deviation
+
+
 def raw_confidence(signals: Mapping[str, float], *, valid: bool, samples: int) -> float:
     """The uncalibrated confidence: the letter probability (averaged with the vote share over several samples)."""
     if not valid:
@@ -101,8 +104,18 @@ class Calibrator:
         return float(self.predict_many([signals])[0])
 
     def predict_many(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
-        x = (_design(rows, self.features) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights) + self.bias)))
+        """P(correct) for each row of signals.
+
+        Raises:
+            ArtifactError: a result is not a finite number (a broken calibrator: it is never shown as a confidence).
+        """
+        with np.errstate(all="ignore"):  # overflow to 0 or 1 is fine; what is not finite is refused below
+            x = (_design(rows, self.features) - np.asarray(self.mean)) / np.asarray(self.scale)
+            out = 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights) + self.bias)))
+        if not np.isfinite(out).all():
+            raise ArtifactError(f"{CALIBRATION_FILE}: the calibrator gives a non-finite confidence "
+                                f"({out[~np.isfinite(out)][0]}); refit it")
+        return out
 
     @classmethod
     def fit(cls, rows: Sequence[Mapping[str, float]], correct: Sequence[bool], *,
@@ -173,12 +186,21 @@ class Calibrator:
             bias = float(data["bias"])
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{source}: malformed calibrator ({err})") from None
+        # a scale under fit's floor (1e-9) turns any signal into an infinity, and 0 x inf into NaN
         if any(f not in FEATURES for f in features) or any(len(a) != n for a in arrays) or \
                 not all(math.isfinite(v) for a in arrays for v in a) or not math.isfinite(bias) or \
-                any(s <= 0 for s in arrays[2]):
+                any(s < _MIN_SCALE for s in arrays[2]):
             raise ArtifactError(f"{source}: malformed calibrator (features {list(features)})")
         fitted = data.get("fitted_on") if isinstance(data.get("fitted_on"), dict) else {}
-        return cls(features, arrays[0], bias, arrays[1], arrays[2], fitted)
+        cal = cls(features, arrays[0], bias, arrays[1], arrays[2], fitted)
+        # Finite parameters can still overflow into NaN (inf - inf): try it on signals at their usual extremes.
+        probes = [{f: v for f in FEATURES} for v in (0.0, 0.5, 1.0, -10.0, 10.0)]
+        try:
+            cal.predict_many(probes)
+        except ArtifactError:
+            raise ArtifactError(f"{source}: malformed calibrator (a non-finite confidence for ordinary signals)"
+                                ) from None
+        return cal
 
 
 def install_calibrator(bundle: str | Path, calibrator: Calibrator) -> Path:

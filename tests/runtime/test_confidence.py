@@ -62,6 +62,25 @@ def test_calibrator_round_trips_through_json_and_rejects_bad_files() -> None:
             Calibrator.from_dict(bad)
 
 
+def test_a_calibrator_that_gives_non_finite_confidences_is_refused() -> None:
+    rows, y = _answers(50, 2)
+    data = Calibrator.fit(rows, y).to_dict()
+    n = len(data["features"])
+    # all weights 0 and a denormal scale: every standardised signal is infinite, and 0 x inf is NaN
+    tiny = {**data, "weights": [0.0] * n, "scale": [5e-324] * n}
+    with pytest.raises(ArtifactError, match=r"^calibration\.json: malformed calibrator"):
+        Calibrator.from_dict(tiny)
+    # finite, ordinary-looking parameters whose products overflow: inf - inf
+    huge = {**data, "weights": [1e308, -1e308, *[0.0] * (n - 2)], "mean": [0.0] * n, "scale": [1e-3] * n}
+    with pytest.raises(ArtifactError, match="non-finite confidence for ordinary signals"):
+        Calibrator.from_dict(huge)
+    # one built in code skips from_dict: the answer-time check refuses its NaN instead of returning it
+    direct = Calibrator(tuple(data["features"]), (0.0,) * n, 0.0, (0.0,) * n, (5e-324,) * n, {})
+    with pytest.raises(ArtifactError, match="non-finite confidence"):
+        direct.predict(rows[0])
+    assert 0.0 <= Calibrator.from_dict(data).predict(rows[0]) <= 1.0  # the fitted one is fine
+
+
 def test_fit_needs_both_outcomes_and_known_features() -> None:
     rows, _ = _answers(10, 3)
     with pytest.raises(InputError, match="both right and wrong"):
