@@ -41,8 +41,9 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_toke
     Args:
         path: a text file with one fact per line (OpenBookQA's ``openbook.txt``), a JSONL file of
             ``{"id", "title"?, "text", ...}`` objects, or a folder of ``.txt``/``.md`` files.
-        format: "lines", "jsonl", "folder", or "auto" (a folder, a ``.jsonl`` file, or a file whose first
-            non-blank line is a JSON object is read as such; any other file as lines).
+        format: "lines", "jsonl", "folder", or "auto" (a folder is a folder; a ``.jsonl`` or ``.json`` file, or one
+            whose first non-blank character is ``{``, is JSONL, and a malformed line in it is an error; any other
+            file is read as lines).
         chunk_tokens: folders only: the most tokens per passage, counted with the dense encoder's tokenizer
             (all-MiniLM-L6-v2's; [CLS] and [SEP] not included; without that tokenizer on the machine, half as many
             words). Paragraphs are packed whole up to this size; a
@@ -99,19 +100,16 @@ def read_passages(path: str | Path, format: SourceFormat = "auto", *, chunk_toke
 
 
 def _sniff(path: Path) -> str:
+    """The format of ``format="auto"``: decided by the file's name and first non-blank character only, never by
+    whether its JSON parses (a malformed JSON line must be an error naming it, not a reason to read the file as
+    one passage per line)."""
     if path.is_dir():
         return "folder"
-    if path.suffix.lower() == ".jsonl":
+    if path.suffix.lower() in (".jsonl", ".json"):
         return "jsonl"
-    for line in _LINE_BREAK.split(read_text(path)):
-        if line.strip():
-            if line.lstrip().startswith("{"):
-                try:
-                    return "jsonl" if isinstance(json.loads(line), dict) else "lines"
-                except (ValueError, RecursionError):  # malformed, a huge number, or nested too deeply
-                    return "lines"
-            return "lines"
-    return "lines"
+    text = read_text(path)
+    first = text.lstrip()[:1]
+    return "jsonl" if first == "{" else "lines"
 
 
 def _read_lines(path: Path) -> list[Passage]:

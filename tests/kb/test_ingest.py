@@ -53,6 +53,37 @@ def test_jsonl_sniffed_from_content_without_suffix(tmp_path: Path) -> None:
     assert read_passages(path)[0].id == "a"
 
 
+@pytest.mark.parametrize(("name", "content", "line"), [
+    ("facts.txt", '{"id": "a", "text": \n{"id": "b", "text": "valid"}\n', 1),  # line 1 malformed, line 2 fine
+    ("facts.txt", '\n  {"id": "a" "text": "x"}\nplain fact\n', 2),  # first non-blank character "{"
+    ("corpus.jsonl", 'plain fact one\n', 1),
+    ("corpus.json", 'plain fact one\n{"id": "a", "text": "x"}\n', 1),
+    ("corpus.JSON", '{"id": "a", "text": "x"}\n{"id": "b", "text": "y",}\n', 2),
+])
+def test_a_json_source_with_a_bad_line_is_an_error_not_lines(tmp_path: Path, name: str, content: str,
+                                                              line: int) -> None:
+    path = _write(tmp_path / name, content)
+    with pytest.raises(InputError, match="malformed JSON") as info:
+        read_passages(path)
+    assert info.value.path == str(path) and info.value.line == line
+
+
+def test_cli_kb_add_of_a_bad_json_source_fails_naming_file_and_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kardlite.cli import app
+    from kardlite.kb import KBConfig, KnowledgeBase, Passage
+
+    KnowledgeBase.build([Passage("bee", "", "A bee pollinates flowers")], tmp_path / "kb",
+                        config=KBConfig(dense=None), progress=False).close()
+    facts = _write(tmp_path / "facts.txt", '{"id": "a", "text": \n{"id": "b", "text": "valid"}\n')
+    result = CliRunner().invoke(app, ["kb", "add", str(facts), str(tmp_path / "kb")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"error: {facts}, line 1: malformed JSON (Expecting value")
+    with KnowledgeBase.load(tmp_path / "kb") as kb:
+        assert len(kb) == 1  # nothing added
+
+
 @pytest.mark.parametrize(
     ("content", "line", "field", "words"),
     [
