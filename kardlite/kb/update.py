@@ -79,7 +79,7 @@ def remove_passages(path: str | Path, ids: Sequence[str]) -> UpdateReport:
 def update(path: str | Path, *, add: Sequence[Passage] = (), remove: Sequence[str] = (),
            progress: bool = False) -> UpdateReport:
     """Remove ``remove`` then add ``add`` in one atomic update of a KB folder or a bundle (see the module doc)."""
-    path = Path(path)
+    given, path = Path(path), _resolved(path)
     started = time.perf_counter()
     if not add and not remove:
         raise InputError("nothing to update: give passages to add or ids to remove")
@@ -95,7 +95,7 @@ def update(path: str | Path, *, add: Sequence[Passage] = (), remove: Sequence[st
                 _link_tree(path, tmp, skip=_KB_FILES_CHANGED)
                 counts = _update_kb(path, tmp, list(add), list(remove), progress)
             _swap(tmp, path)
-    return UpdateReport(path=str(path), added=len(add), removed=len(remove), passages=counts["passages"],
+    return UpdateReport(path=str(given), added=len(add), removed=len(remove), passages=counts["passages"],
                         encoded=counts["encoded"], seconds=round(time.perf_counter() - started, 3))
 
 
@@ -108,7 +108,7 @@ def rewrite_folder(path: str | Path, edit: Callable[[Path, Path], Any], *, skip:
     Returns:
         What ``edit`` returned.
     """
-    path = Path(path)
+    path = _resolved(path)
     with _exclusive(path):
         recover(path)
         if not path.is_dir():
@@ -294,6 +294,13 @@ def _update_bundle(src: Path, dst: Path, add: list[Passage], remove: list[str], 
 
 
 # ------------------------------------------------------------------------------------------ atomic machinery
+def _resolved(path: str | Path) -> Path:
+    """The real folder behind ``path``: an update through a symbolic link (``links/alias`` -> a bundle) changes the
+    link's target in place and leaves the link a link; the scratch folder, the swap and the lock all use the
+    target's own name, so two aliases of one folder take the same lock."""
+    return Path(os.path.realpath(path))
+
+
 def _old_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.update-old")
 

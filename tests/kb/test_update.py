@@ -172,3 +172,44 @@ def test_sigkill_during_add_leaves_the_old_or_the_new_kb(tmp_path: Path, facts, 
         if after > before:
             remove_passages(kb_dir, [f"new-{i}" for i in range(n_new)])
     assert not outcomes[0]  # killed early: nothing happened (the later ones may have finished or not)
+
+
+def test_an_update_through_a_symbolic_link_changes_the_target_in_place(tmp_path: Path, facts,
+                                                                         bm25_config: KBConfig) -> None:
+    from kardlite.cli import app
+
+    KnowledgeBase.build(facts, tmp_path / "kb", config=bm25_config, progress=False).close()
+    links = tmp_path / "links"
+    links.mkdir()
+    alias = links / "alias"
+    alias.symlink_to(tmp_path / "kb", target_is_directory=True)
+    source = tmp_path / "new.jsonl"
+    source.write_text('{"id": "volcano", "title": "Volcanoes", "text": "A volcano erupts molten lava"}\n')
+    result = CliRunner().invoke(app, ["kb", "add", str(source), str(alias)])
+    assert result.exit_code == 0, result.output
+    assert alias.is_symlink() and os.readlink(alias) == str(tmp_path / "kb")  # still the link, same target
+    with KnowledgeBase.load(tmp_path / "kb", verify=True) as kb:  # the target itself was updated
+        assert len(kb) == len(facts) + 1 and _ids(kb, "Which mountain erupts lava?", "bm25")[0] == "volcano"
+    assert [p.name for p in links.iterdir()] == ["alias"]  # no scratch folder, lock or copy left beside the link
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    remove_passages(alias, ["volcano"])
+    with KnowledgeBase.load(tmp_path / "kb", verify=True) as kb:
+        assert len(kb) == len(facts)
+
+
+@pytest.mark.slow
+def test_a_bundle_updated_through_a_symbolic_link_stays_a_verified_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kardlite.export.bundle import read_manifest, verify_bundle
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    (tmp_path / "links").mkdir()
+    alias = tmp_path / "links" / "alias"
+    alias.symlink_to(bundle, target_is_directory=True)
+    report = add_passages(alias, [VOLCANO])
+    assert report["added"] == 1 and report["path"] == str(alias)
+    assert alias.is_symlink() and alias.resolve() == bundle
+    verify_bundle(bundle)
+    assert read_manifest(bundle)["kb_updates"][-1]["added"] == 1
+    assert [p.name for p in (tmp_path / "links").iterdir()] == ["alias"]
