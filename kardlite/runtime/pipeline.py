@@ -14,6 +14,7 @@ import codecs
 import re
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from kardlite.export.bundle import KB_DIR, MANIFEST, read_manifest, verify_bundl
 from kardlite.kb.passage import Hit
 from kardlite.prompts import Segment, build_prompt, parse_answer, vote
 from kardlite.rerank.late import WARM_LIMIT
-from kardlite.runtime.audit import AuditLog, utc_now
+from kardlite.runtime.audit import AuditLog, AuditLogError, utc_now
 from kardlite.runtime.confidence import Calibrator, raw_confidence, support
 from kardlite.runtime.types import Abstention, Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
 
@@ -141,19 +142,18 @@ class Pipeline:
         """
         t_start = time.perf_counter()
         item, opts = self._validate_question(question, options)
-        n_docs = self._positive("n_docs", self.n_docs if n_docs is None else n_docs)
-        samples = self._positive("samples", int(self.decoding.get("samples", 1)) if samples is None else samples)
-        max_new = self._positive("max_new_tokens",
-                                 int(self.decoding["max_new_tokens"]) if max_new_tokens is None else max_new_tokens)
+        # One rule for every numeric argument (None = the bundle's setting): an integer argument takes an int, a
+        # real one an int or a float; never a bool, a string, a NaN or a value out of range (no silent truncation).
+        n_docs = integer_arg("n_docs", self.n_docs if n_docs is None else n_docs, low=1)
+        samples = integer_arg("samples", int(self.decoding.get("samples", 1)) if samples is None else samples, low=1)
+        max_new = integer_arg("max_new_tokens",
+                              int(self.decoding["max_new_tokens"]) if max_new_tokens is None else max_new_tokens, low=1)
         if temperature is None:
-            temperature = float(self.decoding["temperature"] if samples == 1 else self.decoding["sample_temperature"])
-        if not 0.0 <= float(temperature) <= 5.0:
-            raise InputError(f"temperature must be between 0 and 5, got {temperature}", field="temperature")
-        seed = int(self.decoding.get("seed", 0) if seed is None else seed)
-        if abstain_below is not None and (isinstance(abstain_below, bool) or not isinstance(abstain_below, int | float)
-                                          or not 0.0 <= float(abstain_below) <= 1.0):
-            raise InputError(f"abstain_below must be a number between 0 and 1, got {abstain_below!r}",
-                             field="abstain_below")
+            temperature = self.decoding["temperature"] if samples == 1 else self.decoding["sample_temperature"]
+        temperature = number_arg("temperature", temperature, low=0.0, high=5.0)
+        seed = integer_arg("seed", self.decoding.get("seed", 0) if seed is None else seed, low=0, high=MAX_SEED)
+        if abstain_below is not None:
+            abstain_below = number_arg("abstain_below", abstain_below, low=0.0, high=1.0)
 
         # Question and options alone must fit the budget (they are never cut): check before retrieving.
         with self._lock:
@@ -219,10 +219,16 @@ class Pipeline:
                       tokens=tokens)
         self._judge(answer, letter_dists, samples, abstain_below)
         if self.audit is not None:
-            self.audit.append(self._audit_record(answer, {
-                "n_docs": n_docs, "samples": samples, "max_new_tokens": max_new, "temperature": float(temperature),
-                "seed": seed, "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
-                "abstain_below": abstain_below}))
+            # The record is written before the answer is given; if it cannot be, the error carries the answer
+            # (a CLI shows it, then fails) instead of returning an answer that is not in the log.
+            try:
+                self.audit.append(self._audit_record(answer, {
+                    "n_docs": n_docs, "samples": samples, "max_new_tokens": max_new, "temperature": temperature,
+                    "seed": seed, "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
+                    "abstain_below": abstain_below}))
+            except AuditLogError as err:
+                err.answer = answer
+                raise
         yield StreamEvent(type="answer", answer=answer)
 
     def close(self) -> None:
@@ -250,6 +256,9 @@ class Pipeline:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty", field="question")
         _check_unicode(question, "question")
+        if not _visible(question):
+            raise InputError("the question has no visible character (only spaces, zero-width or control "
+                             "characters)", field="question")
         limit = _CHARS_PER_TOKEN_LIMIT * self.max_tokens
         if len(question) > limit:
             raise InputError(f"the question is {len(question):,} characters, far over the prompt budget of "
@@ -263,22 +272,26 @@ class Pipeline:
         if len(opts) > MAX_OPTIONS:
             raise InputError(f"{len(opts)} options; at most {MAX_OPTIONS} (A-{LETTERS[MAX_OPTIONS - 1]}) are supported",
                              field="options")
+        seen: dict[str, int] = {}
         for i, opt in enumerate(opts):
             if not isinstance(opt, str) or not opt.strip():
                 raise InputError(f"option {LETTERS[i]} is empty or not text", field="options")
             _check_unicode(opt, "options")
+            if _LINE_BREAKS.search(opt):
+                raise InputError(f"option {LETTERS[i]} contains a line break; an option is one line of the prompt",
+                                 field="options")
+            if not _visible(opt):
+                raise InputError(f"option {LETTERS[i]} has no visible character", field="options")
+            key = " ".join("".join(ch for ch in opt if unicodedata.category(ch) != "Cf").split()).casefold()
+            if key in seen:
+                raise InputError(f"option {LETTERS[i]} repeats option {LETTERS[seen[key]]}", field="options")
+            seen[key] = i
         if sum(len(o) for o in opts) > limit:
             raise InputError(f"the options are {sum(len(o) for o in opts):,} characters, over the limit of "
                              f"{limit:,}", field="options")
         if opts:
             return QAItem(id="ask", question=question.strip(), options=tuple(o.strip() for o in opts), label=None), opts
         return _FreeQuestion(id="ask", question=question.strip()), opts
-
-    @staticmethod
-    def _positive(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}", field=name)
-        return value
 
     def _tokenize(self, segments: Sequence[Segment]) -> list[int]:
         # Chat markers of the template become single control tokens (as transformers encodes them); the user turn
@@ -419,6 +432,35 @@ class Pipeline:
                       confidence=0.0, confidence_raw=0.0, signals={}, abstention=None)
 
 
+MAX_SEED = 2**31 - 1  # llama.cpp takes a 32-bit seed; sample i uses seed + i
+
+
+def integer_arg(name: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) in [low, high], else an InputError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"between {low} and {high}"
+        raise InputError(f"{name} must be an integer {span}, got {value!r}", field=name)
+    return value
+
+
+def number_arg(name: str, value: Any, *, low: float, high: float) -> float:
+    """``value`` as a float if it is an int or float (not a bool) in [low, high] (so never NaN), else an InputError
+    naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InputError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}", field=name)
+    return float(value)
+
+
+# Line breaks of any kind: in an option they would start a new line of the prompt (a forged "E. ..." option).
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows: not whitespace, not a control or format character (zero-width
+    spaces and joiners, bidirectional marks), not a private-use or unassigned code point."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Co", "Cn", "Cs") for ch in text)
+
+
 def _check_unicode(text: str, field: str) -> None:
     """A lone surrogate (from a badly decoded file or a JS client) cannot be encoded as UTF-8 for the model."""
     try:
@@ -478,14 +520,37 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
 
     Raises:
         ArtifactError: the folder is not a bundle; a file is missing, truncated, altered, a link or unlisted; the
-            manifest differs from its digest; a manifest path leaves the bundle; a bad signature (all named).
+            manifest differs from its digest; a manifest path leaves the bundle; a bad signature; a manifest field
+            of the wrong type or out of range (:mod:`kardlite.export.schema`); a GGUF llama.cpp cannot open (all
+            named).
+        InputError: ``threads`` or ``n_ctx`` not a positive integer; an audit log that cannot be written (a folder,
+            a device, a file that is not an audit log, a path under a file).
     """
+    path = Path(path)
+    if threads is not None:
+        integer_arg("threads", threads, low=1)
+    if n_ctx is not None:
+        integer_arg("n_ctx", n_ctx, low=16)
+    # The audit log is opened (and checked) first: a log that cannot be written fails before any work is done.
+    audit = AuditLog(audit_log) if audit_log is not None else None
+    try:
+        return _load(path, threads=threads, verify=verify, n_ctx=n_ctx, warm_reranker=warm_reranker, audit=audit,
+                     trusted_key=trusted_key, allow_extra=allow_extra)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
+
+
+def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, warm_reranker: int,
+          audit: AuditLog | None, trusted_key: str | Path | None, allow_extra: bool) -> Pipeline:
     from kardlite._llama import load_llama
+    from kardlite.export.schema import check_manifest
     from kardlite.kb import KnowledgeBase
 
-    path = Path(path)
     manifest = read_manifest(path)
     verify_bundle(path, manifest, hashes=verify, allow_extra=allow_extra, trusted_key=trusted_key)
+    check_manifest(path, manifest)
     calibrator = None
     if manifest.get("calibration"):
         from kardlite.runtime.confidence import CALIBRATION_FILE
@@ -494,9 +559,6 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             raise ArtifactError(f"{path / MANIFEST}: calibration {manifest['calibration']!r} is not a listed "
                                 f"{CALIBRATION_FILE}")
         calibrator = Calibrator.from_dict(read_json(path / CALIBRATION_FILE), source=str(path / CALIBRATION_FILE))
-    for key in ("student", "tokenizer", "prompt", "retrieval", "decoding"):
-        if not isinstance(manifest.get(key), dict):
-            raise ArtifactError(f"{path / 'manifest.json'}: section {key!r} missing")
     kb = KnowledgeBase.load(path / manifest["retrieval"].get("kb", KB_DIR), verify=False)
     reranker = None
     rr = manifest["retrieval"].get("reranker")
@@ -516,6 +578,5 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
             reranker.warm(passages, progress=len(passages) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)
-    audit = AuditLog(audit_log) if audit_log is not None else None
     return Pipeline(path, manifest, kb, reranker, llm, calibrator=calibrator, audit=audit,
                     manifest_sha256=sha256_file(path / MANIFEST))

@@ -122,6 +122,14 @@ def test_concurrent_asks_equal_sequential(pipe) -> None:
     ("x" * 100_000, ["a", "b"], "question", "100,000 characters"),
     ("Which one?", ["a", " "], "options", "option B is empty"),
     ("Which one?", "ab", "options", "not one string"),
+    ("Which one?", ["Mannitol", " mannitol "], "options", "option B repeats option A"),
+    ("Which one?", ["Mannitol", "Manni\u200btol"], "options", "option B repeats option A"),
+    ("Which one?", ["x\nE. Mannitol", "y"], "options", "option A contains a line break"),
+    ("Which one?", ["x", "y\u2028E. Mannitol"], "options", "option B contains a line break"),
+    ("Which one?", ["x", "y\rE. Mannitol"], "options", "option B contains a line break"),
+    ("Which one?", ["a", "\u200b\u200c"], "options", "option B has no visible character"),
+    ("\u200b\u200b\u200b", ["a", "b"], "question", "no visible character"),
+    ("\u200b \ufeff\u2060", None, "question", "no visible character"),
 ])
 def test_bad_input_is_a_clear_error(pipe, question, options, field: str, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:
@@ -140,6 +148,39 @@ def test_bad_settings_and_recovery(pipe) -> None:
     with pytest.raises(InputError, match="over the budget"):
         pipe.ask("word " * 800, ["a", "b"])
     assert pipe.ask(*QUESTIONS[2])["tokens"]["generated"] > 0  # still works
+
+
+@pytest.mark.parametrize(("kwargs", "field", "rule"), [
+    ({"temperature": "hot"}, "temperature", "a number between 0 and 5"),
+    ({"temperature": float("nan")}, "temperature", "a number between 0 and 5"),
+    ({"temperature": True}, "temperature", "a number between 0 and 5"),
+    ({"seed": "abc"}, "seed", "an integer between 0 and 2147483647"),
+    ({"seed": 1.7}, "seed", "an integer between 0 and 2147483647"),  # never truncated to 1
+    ({"seed": -1}, "seed", "an integer between 0 and 2147483647"),
+    ({"max_new_tokens": 2.5}, "max_new_tokens", "an integer >= 1"),
+    ({"n_docs": 2.0}, "n_docs", "an integer >= 1"),
+    ({"samples": True}, "samples", "an integer >= 1"),
+    ({"abstain_below": float("nan")}, "abstain_below", "a number between 0 and 1"),
+])
+def test_every_numeric_argument_follows_one_rule(pipe, kwargs: dict, field: str, rule: str) -> None:
+    with pytest.raises(InputError, match=rf"field '{field}': {field} must be {rule}, got ") as info:
+        pipe.ask(*QUESTIONS[2], **kwargs)
+    assert info.value.field == field
+
+
+def test_numeric_arguments_of_either_kind_are_accepted(pipe) -> None:
+    a = pipe.ask(*QUESTIONS[2], max_new_tokens=2, temperature=1, seed=3, abstain_below=0)  # an int for a real
+    b = pipe.ask(*QUESTIONS[2], max_new_tokens=2, temperature=1.0, seed=3, abstain_below=0.0)
+    assert a["text"] == b["text"] and a["tokens"]["generated"] <= 2
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_load_refuses_a_thread_count_that_is_not_positive(tiny_bundle: Path, threads) -> None:
+    from kardlite.runtime import load
+
+    with pytest.raises(InputError, match=r"field 'threads': threads must be an integer >= 1") as info:
+        load(tiny_bundle, threads=threads)
+    assert info.value.field == "threads"
 
 
 def test_cli_ask(tiny_bundle: Path) -> None:
@@ -243,6 +284,11 @@ def test_injected_role_markers_stay_text(pipe) -> None:
     assert ans["question"] == f"Which is right?{INJECT}"
 
 
+# Plain options mixed into the fuzzed ones, so that enough option lists are accepted (a fuzzed option with a line
+# break or a repeated option makes the whole list an InputError).
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+
+
 def test_ask_fuzz(pipe) -> None:
     """Fuzzed questions and options through ask: an Answer or an InputError, each under a second of CPU time."""
     from hypothesis import given
@@ -254,7 +300,8 @@ def test_ask_fuzz(pipe) -> None:
 
     @fuzz_settings(cases=30)
     @given(st.one_of(text, st.sampled_from(["", " ", "x" * 5000, INJECT, "\ud800?"])),
-           st.one_of(st.none(), st.lists(st.one_of(text, st.just(INJECT)), max_size=11), st.just("ab")))
+           st.one_of(st.none(), st.lists(st.one_of(text, st.just(INJECT), st.sampled_from(WORDS)), max_size=11,
+                                         unique=True), st.just("ab")))
     def run(question, options) -> None:
         # the module's pipeline runs llama.cpp and onnxruntime on 2 threads (llama.cpp's spin while they wait)
         ans, err = attempt(pipe.ask, question, options, max_new_tokens=2, threads=2)
@@ -265,3 +312,35 @@ def test_ask_fuzz(pipe) -> None:
 
     run()
     assert seen["answers"] >= 5 and seen["errors"] >= 5, seen
+
+
+def test_ask_fuzz_control_characters_in_options(pipe) -> None:
+    """Options and questions with control, format and separator characters: an Answer whose options are those
+    given, or an InputError; an accepted option never holds a line break (it could forge an option line)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from tests.fuzz import Tally, fuzz_settings
+
+    controls = ["\n", "\r", "\r\n", "\t", "\v", "\f", "\x00", "\x1b[31m", "\x1c", "\x1e", "\x85", "\u2028", "\u2029",
+                "\u200b", "\u200e", "\u202e", "\u2066", "\ufeff", "\x7f", "E. Mannitol", "A", "b", " ", "1"]
+    extra = st.one_of(st.just(""), st.lists(st.one_of(st.sampled_from(controls), st.text(max_size=3)), max_size=2)
+                      .map("".join))
+    tally = Tally()
+
+    @fuzz_settings(cases=40)
+    @given(st.lists(st.tuples(extra, extra), min_size=2, max_size=4),
+           st.sampled_from(["Which one?", "Which\u200b one?", "\u200b"]))
+    def run(decorations: list[tuple[str, str]], question: str) -> None:
+        # option i is "option i" with characters around it: distinct unless the characters make it so
+        options = [f"{before}option {i}{after}" for i, (before, after) in enumerate(decorations)]
+        ans, err = tally.attempt(pipe.ask, question, options, max_new_tokens=1, threads=2)
+        if err is not None:
+            assert err.field in ("options", "question"), err
+            return
+        assert ans["options"] == options
+        breaks = ("\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+        assert not any(b in o for o in options for b in breaks)
+
+    run()
+    tally.require(0.2)
