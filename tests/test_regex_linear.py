@@ -67,6 +67,7 @@ SHAPED: dict[str, list[str]] = {
     "teacher/release.py": ["1" * N + ".jso", "1" * N],
     "rerank/train.py": ["cuda:" + "1" * N + "x", "cuda" * (N // 4)],
     "demo/view.py": ["A." + " " * N + "x", "(A)" + " " * N],
+    "errors.py": ["\x1b[31m" * (N // 5), "x\u202e" * (N // 2), "é\x85" * (N // 2)],
 }
 
 
