@@ -86,7 +86,8 @@ def build(pipe: Pipeline) -> Any:
     with gr.Blocks(title="kardlite demo") as page:
         gr.Markdown(f"# kardlite: knowledge-augmented reasoning on a laptop CPU\n"
                     f"**{DISCLAIMER}** Answers come from a 135M-parameter student; they are often wrong.\n\n"
-                    f"{view.bundle_line(pipe.manifest)}", elem_id="disclaimer")
+                    f"{view.bundle_line(pipe.manifest)}"
+                    f"{view.audit_line(pipe.audit.path if pipe.audit is not None else None)}", elem_id="disclaimer")
         with gr.Tab("Ask"):
             with gr.Row():
                 with gr.Column(scale=2):

@@ -25,6 +25,8 @@ def demo(
     host: Annotated[str, typer.Option(help="Interface for the web app (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the web app.")] = 7860,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="Append one JSONL record per answer (question, passages, "
+                                                        "rationale, answer) to this file.")] = None,
 ) -> None:
     """Start the demo web app on the embedded demo bundle (built on first use), or answer one QUESTION."""
     from kardlite.demo import DISCLAIMER
@@ -36,12 +38,12 @@ def demo(
         from kardlite.demo.app import main as run_app  # gradio: the `app` extra (MissingExtraError names it)
 
         run_app(["--bundle", str(path), "--host", host, "--port", str(port)] + (
-            ["--threads", str(threads)] if threads else []))
+            ["--threads", str(threads)] if threads else []) + (["--audit-log", str(audit_log)] if audit_log else []))
         return
-    _answer(path, question, threads)
+    _answer(path, question, threads, audit_log)
 
 
-def _answer(path: Path, question: str, threads: int | None) -> None:
+def _answer(path: Path, question: str, threads: int | None, audit_log: Path | None = None) -> None:
     """Stream one answer to the terminal: the passages, the rationale as it is written, the answer, the timings."""
     from kardlite.demo import demo_questions
     from kardlite.runtime import load
@@ -50,7 +52,7 @@ def _answer(path: Path, question: str, threads: int | None) -> None:
     if question == "example":
         item = demo_questions("test")[1]
         question, options = item.question, list(item.options)
-    with load(path, threads=threads) as pipe:
+    with load(path, threads=threads, audit_log=audit_log) as pipe:
         typer.echo(f"{pipe!r}\n\nQuestion: {question}")
         for i, option in enumerate(options or []):
             typer.echo(f"  {'ABCDEFGHIJ'[i]}. {option}")
@@ -69,3 +71,5 @@ def _answer(path: Path, question: str, threads: int | None) -> None:
                 said = f"{a['letter']}. {a['answer']}" if a["letter"] else (a["answer"] or "no valid answer")
                 typer.echo(f"\n\nAnswer: {said}")
                 typer.echo("Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in a["timings"].items()))
+        if pipe.audit is not None:
+            typer.echo(f"Logged to {pipe.audit.path}")

@@ -65,6 +65,13 @@ def bundle_line(manifest: Mapping[str, Any]) -> str:
             f"to the student.{mode}")
 
 
+def audit_line(path: Any) -> str:
+    """Where answers are logged (markdown, after the bundle line), or that they are not."""
+    if path is None:
+        return " Answers are not logged (start with `--audit-log FILE` to keep a record of each)."
+    return f" Every answer is logged to `{escape(str(path))}`."
+
+
 def answer_markdown(answer: Mapping[str, Any] | None, *, streaming: bool = False) -> str:
     """The answer line: the letter and option text, or why there is none, and the vote count when sampling."""
     if answer is None:

@@ -25,3 +25,27 @@ def test_without_gradio_kardlite_demo_names_the_app_extra(monkeypatch: pytest.Mo
     result = CliRunner().invoke(app, ["demo", "--bundle", str(tmp_path)])  # gradio is checked first
     assert result.exit_code == 2
     assert "pip install 'kardlite[app]'" in result.output
+
+
+@pytest.mark.slow
+def test_demo_passes_its_audit_log_to_the_answer_and_the_page(demo_bundle_fast: Path, tmp_path: Path) -> None:
+    import json
+
+    from kardlite.demo import demo_questions
+    from kardlite.demo.app import build
+    from kardlite.runtime import load
+
+    log = tmp_path / "answers.jsonl"
+    result = CliRunner().invoke(app, ["demo", "example", "--bundle", str(demo_bundle_fast), "--audit-log", str(log),
+                                      "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"Logged to {log}" in result.output
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    item = demo_questions("test")[1]
+    assert len(records) == 1 and records[0]["question"] == item.question and records[0]["options"] == list(item.options)
+    # the page says where answers go (and, without a log, that they are not kept)
+    for audit, expected in ((log, f"logged to `{log}`"), (None, "not logged")):
+        with load(demo_bundle_fast, threads=2, audit_log=audit) as pipe:
+            page = build(pipe)
+        header = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "disclaimer")
+        assert expected in header.value

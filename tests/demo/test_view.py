@@ -64,3 +64,8 @@ def test_confidence_and_abstention_are_shown() -> None:
         "reason": "confidence 0.20 is below the threshold 0.50", "threshold": 0.5, "withheld": "B"}))
     assert withheld.startswith("### Abstained\nconfidence 0.20 is below the threshold 0.50 (withheld: B)")
     assert "No valid answer" not in withheld
+
+
+def test_audit_line_says_where_answers_are_logged() -> None:
+    assert "not logged" in view.audit_line(None) and "--audit-log" in view.audit_line(None)
+    assert view.audit_line("/var/log/<kard>.jsonl") == " Every answer is logged to `/var/log/&lt;kard&gt;.jsonl`."
