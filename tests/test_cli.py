@@ -180,3 +180,21 @@ def test_old_option_spellings_still_work_with_a_warning(tmp_path: Path) -> None:
     assert "give --tasks only" in _assert_one_line_error(both)
     neither = _run(["rationales", "filter", str(tasks), "--out", str(tmp_path / "o")])
     assert "missing option --tasks" in _assert_one_line_error(neither)
+
+
+THREADED = [(path, params) for path, params in COMMANDS if any(p.name == "--threads" for p in params)]
+
+
+def test_walk_finds_every_command_with_threads() -> None:
+    assert {" ".join(path) for path, _ in THREADED} >= {"ask", "export gguf", "export bundle", "train reranker",
+                                                       "teach", "demo"}
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+@pytest.mark.parametrize(("path", "params"), THREADED, ids=[" ".join(p) for p, _ in THREADED])
+def test_a_thread_count_that_is_not_positive_is_refused(path: tuple[str, ...], params: list[Param], threads: str,
+                                                        tmp_path: Path) -> None:
+    # --threads first: it is checked before the other arguments (which point at nothing here)
+    args = _args(params, tmp_path / "missing")
+    line = _assert_one_line_error(_run([*path, "--threads", threads, *args]))
+    assert "Invalid value for '--threads'" in line and "1" in line, line  # "... greater than or equal to 1"

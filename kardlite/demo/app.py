@@ -123,6 +123,17 @@ def build(pipe: Pipeline) -> Any:
     return page
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of --threads: an integer >= 1 (0 or a negative count is a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, open the bundle (building the demo one if none is given) and serve the page."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast", action="store_true", help="build the fast, untrained demo bundle (KARDLITE_FAST=1)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--audit-log", default=None, help="append one JSONL record per answer to this file")
     args = parser.parse_args(argv)
     _gradio()  # a missing extra fails here, before minutes of bundle building

@@ -24,7 +24,7 @@ def demo(
                                                       "about a minute instead of up to ten.")] = False,
     host: Annotated[str, typer.Option(help="Interface for the web app (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the web app.")] = 7860,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).", min=1)] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Append one JSONL record per answer (question, passages, "
                                                         "rationale, answer) to this file.")] = None,
 ) -> None:

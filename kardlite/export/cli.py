@@ -40,7 +40,7 @@ def gguf(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare each file with PyTorch.")] = True,
     tokenizer_gguf: Annotated[Path | None, typer.Option(help="Base GGUF for the tokenizer (default: packaged).",
                                                         exists=True)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.", min=1)] = None,
 ) -> None:
     """Convert a student to GGUF (f16 + quantised), carry the base tokenizer over, verify against PyTorch."""
     from kardlite.export.gguf import export_gguf
@@ -74,7 +74,7 @@ def bundle(
     evaluation: Annotated[Path | None, typer.Option(help="JSON file of evaluation numbers to record.", exists=True)]
     = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify the GGUF against PyTorch.")] = True,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.", min=1)] = None,
     name: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: --out PARENT --name NAME wrote "
                                                                 "PARENT/NAME; give --out PARENT/NAME.")] = None,
 ) -> None:

@@ -85,7 +85,7 @@ def train(
     max_length: Annotated[int, typer.Option(help="Token cap for question + passage.")] = 128,
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 = full fine-tuning.")] = 0,
     num_layers: Annotated[int | None, typer.Option(help="Keep only the first N encoder layers (faster).")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.", min=1)] = None,
     max_train_queries: Annotated[int, typer.Option(help="Cap on training queries (0 = all).")] = 0,
     seed: Annotated[int, typer.Option()] = 42,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or "

@@ -131,7 +131,9 @@ class RerankTrainConfig:
                   (self.queries_per_batch >= 1, "queries_per_batch", "must be >= 1"),
                   (self.max_length >= 16, "max_length", "must be >= 16"),
                   (self.grad_clip >= 0, "grad_clip", "must be >= 0"),
-                  (self.max_train_queries >= 0, "max_train_queries", "must be >= 0")]
+                  (self.max_train_queries >= 0, "max_train_queries", "must be >= 0"),
+                  (self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                            and self.threads >= 1), "threads", "must be None or an integer >= 1")]
         for ok, name, msg in checks:
             if not ok:
                 raise InputError(f"{msg}, got {getattr(self, name)!r}", field=name)

@@ -45,7 +45,7 @@ def teach(
     concurrency: Annotated[int, typer.Option(help="openai: requests in flight.")] = 4,
     max_retries: Annotated[int, typer.Option(help="openai: retries per request on 429/5xx/timeouts.")] = 6,
     timeout: Annotated[float, typer.Option(help="openai: seconds per request.")] = 120.0,
-    threads: Annotated[int | None, typer.Option(help="llamacpp: CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="llamacpp: CPU threads.", min=1)] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N questions.")] = None,
     price_in: Annotated[float | None, typer.Option(help="Price per million input tokens, for the cost line.")]
     = None,
