@@ -44,12 +44,14 @@ VARIANTS: dict[str, dict[str, object]] = {
     "group": {**BASELINE, "group_by_length": True},
     "group+cap2048": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048},
     "group+cap2048+nodrop": {**BASELINE, "group_by_length": True, "max_batch_tokens": 2048, "lora_dropout": 0.0},
-    "default": {},  # StudentTrainConfig's defaults as they are now: group, cap 1024, no dropout, data budget
+    "default": {},  # StudentTrainConfig's defaults as they are now: group, cap 2048, no dropout, data budget
     "default+cap2048": {"max_batch_tokens": 2048},
     "default+cap512": {"max_batch_tokens": 512},
     "default+cap1024": {"max_batch_tokens": 1024},
     "default+cap768": {"max_batch_tokens": 768},
     "default+attn-lora": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "default+freeze4": {"freeze_layers": 4},
+    "default+cap1024+freeze4": {"max_batch_tokens": 1024, "freeze_layers": 4},
     "default+freeze8": {"freeze_layers": 8},
     "default+freeze15": {"freeze_layers": 15},
     "default+r8-attn": {"lora_r": 8, "lora_alpha": 16, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
