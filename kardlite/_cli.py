@@ -15,11 +15,12 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import typer
 from typer.core import TyperGroup
 
+from kardlite import settings
 from kardlite.errors import InputError, KardliteError, printable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +34,19 @@ PANEL_SHIP = "3. Export and run"
 PIPELINE_ORDER = ("kb", "teach", "rationales", "distill", "train", "rerank", "eval", "export", "ask", "demo")
 
 
+def _choices(name: str, values: tuple[str, ...], doc: str) -> type[StrEnum]:
+    enum = StrEnum(name, {v.replace("-", "_"): v for v in values})  # type: ignore[misc]
+    enum.__doc__ = doc
+    return enum
+
+
+# Choices of the inference settings, from kardlite.settings (not restated).
+Decoding = _choices("Decoding", get_args(settings.Decoding), "greedy, or self-consistency sampling.")
+AnswerScoring = _choices("AnswerScoring", get_args(settings.AnswerScoring), "How the answer is read.")
+NoAnswer = _choices("NoAnswer", get_args(settings.NoAnswer), "What an output without an answer line gets.")
+AnswerFormat = _choices("AnswerFormat", settings.ANSWER_FORMATS, "How a student writes its answer after 'Answer:'.")
+
+
 class TaskFormat(StrEnum):
     """Task file formats ``kardlite.data.load_task`` reads."""
 
@@ -44,22 +58,26 @@ class TaskFormat(StrEnum):
     generic = "generic"
 
 
-class FirstStage(StrEnum):
-    """First-stage retrievers of a knowledge base."""
-
-    bm25 = "bm25"
-    dense = "dense"
-    hybrid = "hybrid"
+FirstStage = _choices("FirstStage", settings.FIRST_STAGES, "First-stage retrievers of a knowledge base.")
 
 
-class PromptMode(StrEnum):
-    """Prompt formats (kardlite.prompts.MODES): question -> answer, -> rationale + answer, + passages -> rationale +
-    answer, + passages -> answer."""
+PromptMode = _choices("PromptMode", settings.MODES, "Prompt formats (kardlite.prompts.MODES): question -> answer, "
+                      "-> rationale + answer, + passages -> rationale + answer, + passages -> answer.")
 
-    ft = "ft"
-    rd = "rd"
-    kard = "kard"
-    ka_ft = "ka-ft"
+
+def setting_option(name: str, *param_decls: str, hidden: bool = False, default_note: str = "the student's") -> Any:
+    """A typer option for the ``InferenceSettings`` field ``name``: its help text from the dataclass, its default
+    None (= the student's recorded settings, else the dataclass default, resolved in one place)."""
+    from dataclasses import fields
+
+    from kardlite.settings import InferenceSettings
+
+    field = next((f for f in fields(InferenceSettings) if f.name == name), None)
+    if field is None:
+        raise KeyError(f"InferenceSettings has no field {name!r}")
+    fallback = "" if field.default is None else f", else {field.default}"
+    return typer.Option(*param_decls, help=f"{field.metadata['help'][:1].upper()}{field.metadata['help'][1:]}. "
+                                           f"[default: {default_note}{fallback}]", hidden=hidden, show_default=False)
 
 
 def fail(err: KardliteError) -> typer.Exit:

@@ -111,6 +111,13 @@ def test_no_import_cycle_in_the_reranker_counting_function_local_imports() -> No
     assert _find_cycle(graph) is None
 
 
+def test_no_import_cycle_anywhere_counting_function_local_imports() -> None:
+    # A lazy import inside a function still makes two modules depend on each other: no two kardlite modules may
+    # need each other, by any import.
+    cycle = _find_cycle(_graph(everywhere=True))
+    assert cycle is None, " -> ".join(cycle or [])
+
+
 def test_cycle_finder_finds_a_cycle() -> None:
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None

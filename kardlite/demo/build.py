@@ -41,8 +41,10 @@ RERANK_SETTINGS: dict[str, Any] = {"kind": "late-interaction", "objective": "kl"
 STUDENT_SETTINGS: dict[str, Any] = {"max_steps": 12, "batch_size": 4, "grad_accum": 1, "lr": 5e-4,
                                     "max_source_tokens": 384, "max_target_tokens": 160, "lora_r": 16,
                                     "lora_alpha": 32, "dev_fraction": 0.0, "save_every": 4}
-PASSAGES_PER_RATIONALE = 2  # demo questions name one or two gold passages each
-N_DOCS = 2  # passages shown to the student at run time: as many as it saw per example in training
+# Passages per training example, and so shown at run time (the trained student records it; the fast mode's base
+# model has no record, so the bundle is given it): demo questions name one or two gold passages each.
+N_DOCS = 2
+FAST_MAX_NEW_TOKENS = 128  # the untrained base of the fast mode rarely ends with an answer line: keep it short
 QUANT = "Q4_K_M"
 
 
@@ -184,7 +186,7 @@ def _stage_student(work: Path, kb: Any, log: _Log) -> Path:
         from kardlite.demo import demo_questions
 
         rows = build_examples(demo_questions("train"), read_kept_rationales(_rationales(work)), "kard", kb=kb,
-                              k=PASSAGES_PER_RATIONALE, retriever="bm25", kb_path=kb.path)
+                              k=N_DOCS, retriever="bm25", kb_path=kb.path)
         save_examples(rows, examples)
     steps: list[float] = []
 
@@ -211,7 +213,8 @@ def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode
     what = "copying the GGUF" if student.suffix == ".gguf" else f"{QUANT} GGUF export checked against PyTorch"
     t = log.stage(f"bundle ({what}; reranker to int8 ONNX)" if reranker else f"bundle ({what})", reused=False)
     export_bundle(student, kb.path, out.parent, name=out.name, reranker_dir=reranker, quant=QUANT, mode="kard",
-                  max_tokens=STUDENT_SETTINGS["max_source_tokens"], n_docs=N_DOCS)
+                  max_tokens=STUDENT_SETTINGS["max_source_tokens"], n_docs=N_DOCS,
+                  settings={"max_new_tokens": FAST_MAX_NEW_TOKENS} if mode == "fast" else None)
     # Stamped last: a bundle without this stamp is treated as incomplete and rebuilt.
     manifest = read_json(out / MANIFEST)
     manifest["demo"] = {"mode": mode, "build_seconds": round(time.perf_counter() - started, 1),

@@ -14,8 +14,21 @@ from typing import Annotated, Any
 
 import typer
 
-from kardlite._cli import FirstStage, PromptMode, TaskFormat, cli_errors
+from kardlite._cli import (
+    AnswerFormat,
+    AnswerScoring,
+    Decoding,
+    FirstStage,
+    NoAnswer,
+    PromptMode,
+    TaskFormat,
+    cli_errors,
+    renamed,
+    setting_option,
+)
+from kardlite.distill.train import StudentTrainConfig
 from kardlite.errors import InputError
+from kardlite.settings import DEFAULTS
 
 distill_app = typer.Typer(help="Build student training examples (FT, RD, KARD).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a student (`kardlite eval --model ... --tasks ... --out ...`), or compare runs "
@@ -35,26 +48,13 @@ class Select(StrEnum):
     random = "random"
 
 
-class AnswerScoring(StrEnum):
-    generated = "generated"
-    letter = "letter"
-    text = "text"
-
-
-class AnswerFormatChoice(StrEnum):
-    letter = "letter"
-    text = "text"
-    both = "both"
-
-
 class EvalBackend(StrEnum):
     torch = "torch"
     gguf = "gguf"
 
 
-class Decoding(StrEnum):
-    greedy = "greedy"
-    sc = "sc"
+_TRAIN = StudentTrainConfig()  # the training defaults the options show (one place: the dataclass)
+_TRAIN_ANSWER_FORMAT = AnswerFormat(_TRAIN.answer_format)
 
 
 def _load_kb(path: Path) -> Any:
@@ -77,7 +77,9 @@ def build(
     mode: Annotated[PromptMode, typer.Option(help="ka-ft: kard's passages with an answer-only target.")]
     = PromptMode.kard,
     kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).", exists=True)] = None,
-    k: Annotated[int, typer.Option(help="Passages per rationale (kard).")] = 5,
+    n_docs: Annotated[int, typer.Option(help="Passages per rationale (kard, ka-ft); the trained student is shown as "
+                                             "many at test time.")] = DEFAULTS.n_docs,
+    k: Annotated[int | None, typer.Option("--k", hidden=True, help="Deprecated spelling of --n-docs.")] = None,
     retriever: Annotated[FirstStage, typer.Option(help="bm25 is the paper's; the query is the rationale.")]
     = FirstStage.bm25,
     max_items: Annotated[int | None, typer.Option(help="First N questions with a kept rationale.")] = None,
@@ -93,8 +95,10 @@ def build(
 
     items = load_task(tasks, task_format.value)
     kept = read_kept_rationales(rationales)
+    if k is not None:
+        n_docs = renamed(None, k, new="--n-docs", old="--k") or n_docs
     kb_obj = _load_kb(kb) if (kb is not None and mode in ("kard", "ka-ft")) else None
-    rows = build_examples(items, kept, mode.value, kb=kb_obj, k=k, retriever=retriever.value, max_items=max_items,
+    rows = build_examples(items, kept, mode.value, kb=kb_obj, k=n_docs, retriever=retriever.value, max_items=max_items,
                           per_item=per_item, select=select.value, seed=seed, kb_path=kb)
     sources = {"tasks": tasks, "rationales": rationales}
     save_examples(rows, out, sources=sources)
@@ -106,32 +110,36 @@ def train_student_cmd(
     examples: Annotated[Path, typer.Argument(help="Examples JSONL from `kardlite distill build`.", exists=True)],
     out: Annotated[Path, typer.Option(help="Run directory (re-run with the same one to resume).")],
     student: Annotated[str | None, typer.Option(help="HF id or path; default: packaged SmolLM2.")] = None,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper 1e-4, constant).")] = 1e-4,
-    epochs: Annotated[float, typer.Option(help="Epochs (paper 3).")] = 3.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps (CPU).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Micro-batch per process.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = 1,
-    max_source_tokens: Annotated[int, typer.Option(help="Prompt budget (paper 512).")] = 512,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper 1e-4, constant).")] = _TRAIN.lr,
+    epochs: Annotated[float, typer.Option(help="Epochs (paper 3).")] = _TRAIN.epochs,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps (CPU).")] = _TRAIN.max_steps,
+    batch_size: Annotated[int, typer.Option(help="Micro-batch per process.")] = _TRAIN.batch_size,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimiser step.")] = _TRAIN.grad_accum,
+    max_source_tokens: Annotated[int, typer.Option(help="Prompt budget (paper 512).")] = _TRAIN.max_source_tokens,
     max_target_tokens: Annotated[int | None, typer.Option(
-        help="Target cap (rationale + answer); default: from the data, cutting at most 1% of targets.")] = None,
+        help="Target cap (rationale + answer); default: from the data, cutting at most 1% of targets.")]
+    = _TRAIN.max_target_tokens,
     max_batch_tokens: Annotated[int | None, typer.Option(
         help="Tokens per forward pass; a micro-batch over it is split (same result, less memory: 512 "
-             "keeps a 135M student under 3 GB).")] = 2048,
-    group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")] = True,
-    freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")] = 0,
-    answer_format: Annotated[AnswerFormatChoice, typer.Option(
+             "keeps a 135M student under 3 GB).")] = _TRAIN.max_batch_tokens,
+    group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")]
+    = _TRAIN.group_by_length,
+    freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")]
+    = _TRAIN.freeze_layers,
+    answer_format: Annotated[AnswerFormat, typer.Option(
         help="The answer after 'Answer:' in targets: the letter, the option's text, or both ('(B) text').")
-    ] = AnswerFormatChoice.letter,
-    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
-    lora_r: Annotated[int, typer.Option()] = 16,
-    lora_alpha: Annotated[int, typer.Option()] = 32,
-    lora_dropout: Annotated[float, typer.Option()] = 0.0,
-    seed: Annotated[int, typer.Option()] = 42,
-    dev_fraction: Annotated[float, typer.Option(help="Share of questions held out for the dev loss.")] = 0.05,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 25,
-    eval_every: Annotated[int, typer.Option(help="Dev loss every N steps (0: at the end only).")] = 0,
+    ] = _TRAIN_ANSWER_FORMAT,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = not _TRAIN.lora,
+    lora_r: Annotated[int, typer.Option()] = _TRAIN.lora_r,
+    lora_alpha: Annotated[int, typer.Option()] = _TRAIN.lora_alpha,
+    lora_dropout: Annotated[float, typer.Option()] = _TRAIN.lora_dropout,
+    seed: Annotated[int, typer.Option()] = _TRAIN.seed,
+    dev_fraction: Annotated[float, typer.Option(help="Share of questions held out for the dev loss.")]
+    = _TRAIN.dev_fraction,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = _TRAIN.save_every,
+    eval_every: Annotated[int, typer.Option(help="Dev loss every N steps (0: at the end only).")] = _TRAIN.eval_every,
     snapshot_every: Annotated[int, typer.Option(help="Keep the trainable weights every N steps (learning curves)."
-                                                )] = 0,
+                                                )] = _TRAIN.snapshot_every,
 ) -> None:
     """Fine-tune a student (LoRA by default) and save a merged model. Multi-GPU: `accelerate launch -m kardlite.cli
     train student ...`."""
@@ -159,40 +167,50 @@ def eval_cmd(
     = None,
     out: Annotated[Path | None, typer.Option(help="Results folder (re-run the same command to resume).")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
-    mode: Annotated[PromptMode | None, typer.Option(help="Default: the student's training mode.")] = None,
+    mode: Annotated[PromptMode | None, setting_option("mode")] = None,
     kb: Annotated[Path | None, typer.Option(help="Knowledge base folder (kard, ka-ft).", exists=True)] = None,
-    retriever: Annotated[EvalRetriever | None, typer.Option(help="What picks the passages [default: bm25].")]
+    n_docs: Annotated[int | None, setting_option("n_docs")] = None,
+    first_stage: Annotated[FirstStage | None, setting_option("first_stage")] = None,
+    pool: Annotated[int | None, setting_option("pool")] = None,
+    reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder, torch or its ONNX export (a "
+                                                       "bundle's reranker/): the pool is reranked.", exists=True)]
     = None,
-    n_docs: Annotated[int | None, typer.Option(help="Passages shown; default: as in training.")] = None,
-    pool: Annotated[int, typer.Option(help="Candidates the reranker picks from.")] = 100,
-    first_stage: Annotated[FirstStage, typer.Option(help="What builds the reranker's pool.")] = FirstStage.bm25,
-    reranker: Annotated[Path | None, typer.Option(help="Trained reranker folder, torch or its ONNX export "
-                                                       "(retriever 'reranker').", exists=True)] = None,
-    decoding: Annotated[Decoding | None, typer.Option(help="greedy (default) or sc (self-consistency).")] = None,
-    samples: Annotated[int, typer.Option(help="Samples for self-consistency.")] = 5,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap; default: the student's.")] = None,
-    answer_scoring: Annotated[AnswerScoring | None, typer.Option(
-        help="generated (rd/kard default: parse, force at the cap), letter (ft/ka-ft default) or text "
-             "(option-text likelihood).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    max_source_tokens: Annotated[int | None, typer.Option(help="Default: the training budget.")] = None,
-    seed: Annotated[int, typer.Option()] = 42,
+    rerank: Annotated[bool | None, setting_option("rerank", "--rerank/--no-rerank")] = None,
+    decoding: Annotated[Decoding | None, setting_option("decoding")] = None,
+    samples: Annotated[int | None, setting_option("samples")] = None,
+    top_k: Annotated[int | None, setting_option("top_k")] = None,
+    top_p: Annotated[float | None, setting_option("top_p")] = None,
+    temperature: Annotated[float | None, setting_option("temperature")] = None,
+    max_new_tokens: Annotated[int | None, setting_option("max_new_tokens")] = None,
+    answer_format: Annotated[AnswerFormat | None, setting_option("answer_format")] = None,
+    answer_scoring: Annotated[AnswerScoring | None, setting_option("answer_scoring")] = None,
+    no_answer: Annotated[NoAnswer | None, setting_option("no_answer")] = None,
+    max_source_tokens: Annotated[int | None, setting_option("max_source_tokens")] = None,
+    seed: Annotated[int | None, setting_option("seed")] = None,
+    batch_size: Annotated[int, typer.Option(help="Questions per forward pass.")] = 8,
     name: Annotated[str | None, typer.Option(help="System name in reports; default: the out folder's name.")] = None,
     backend: Annotated[EvalBackend, typer.Option(help="torch (batched PyTorch) or gguf (llama.cpp, as the runtime: "
                                                       "faster generation on a CPU).")] = EvalBackend.torch,
     gguf: Annotated[Path | None, typer.Option(help="The student's GGUF for --backend gguf (default: export a Q8_0 "
-                                                   "copy into --out).")] = None,
+                                                   "copy into --out; a bundle's student.gguf scores the bundle).")]
+    = None,
     task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
+    retriever: Annotated[EvalRetriever | None, typer.Option(
+        hidden=True, help="Deprecated: --first-stage X (no --reranker) or --reranker PATH.")] = None,
 ) -> None:
-    """Evaluate a student: accuracy, invalid-output rate, per-question JSONL."""
+    """Evaluate a student: accuracy, invalid-output rate, per-question JSONL. Unset settings are the student's own
+    (kardlite_student.json), the ones `kardlite export bundle` ships."""
     if ctx.invoked_subcommand is not None:
         return
     if model is None or tasks is None or out is None:
         raise InputError("kardlite eval needs --model, --tasks and --out (or use `kardlite eval report`)")
     from kardlite.data import load_task
-    from kardlite.distill.evaluate import EvalConfig, evaluate, make_retriever
+    from kardlite.distill.evaluate import EvalConfig, evaluate
     from kardlite.distill.student import load_student
 
+    if retriever is not None:
+        new = "--reranker PATH" if retriever == EvalRetriever.reranker else f"--first-stage {retriever.value}"
+        typer.echo(f"warning: --retriever is deprecated; use {new}", err=True)
     items = load_task(tasks, task_format.value)
     if limit:
         items = items[:limit]
@@ -201,32 +219,25 @@ def eval_cmd(
 
     resolved = (mode.value if mode else None) or student.info.get("mode")
     # Options that a mode would silently ignore are refused: a run must record what it really did.
-    ignored = {"--kb": kb, "--retriever": retriever, "--n-docs": n_docs, "--reranker": reranker}
+    ignored = {"--kb": kb, "--retriever": retriever, "--n-docs": n_docs, "--reranker": reranker,
+               "--first-stage": first_stage, "--pool": pool}
     if resolved not in KNOWLEDGE_MODES and (given := [k for k, v in ignored.items() if v is not None]):
         raise InputError(f"mode {resolved!r} uses no knowledge, so {', '.join(given)} would be ignored; drop them",
                          field=given[0].lstrip("-"))
-    gen = {"--decoding": decoding, "--max-new-tokens": max_new_tokens}
+    gen = {"--decoding": decoding, "--max-new-tokens": max_new_tokens, "--no-answer": no_answer}
     if resolved in ANSWER_ONLY_MODES and (given := [k for k, v in gen.items() if v is not None]):
         raise InputError(f"mode {resolved!r} generates nothing (its answer is scored), so {', '.join(given)} would "
                          "be ignored; drop them", field=given[0].lstrip("-"))
-    retriever_name = retriever.value if retriever else "bm25"
-    cfg = EvalConfig(mode=mode.value if mode else None, decoding=decoding.value if decoding else "greedy",
-                     samples=samples, max_new_tokens=max_new_tokens,
-                     answer_scoring=answer_scoring.value if answer_scoring else None, batch_size=batch_size,
-                     max_source_tokens=max_source_tokens, retriever=retriever_name, n_docs=n_docs, pool=pool,
-                     first_stage=first_stage.value, reranker=str(reranker) if reranker else None, seed=seed, name=name,
-                     backend=backend.value, gguf=str(gguf) if gguf else None)
+    value = lambda e: e.value if e is not None else None  # noqa: E731 - enum option -> its string or None
+    cfg = EvalConfig(mode=value(mode), decoding=value(decoding), samples=samples, top_k=top_k, top_p=top_p,
+                     temperature=temperature, max_new_tokens=max_new_tokens, answer_scoring=value(answer_scoring),
+                     batch_size=batch_size, max_source_tokens=max_source_tokens, retriever=value(retriever),
+                     n_docs=n_docs, pool=pool, first_stage=value(first_stage),
+                     reranker=str(reranker) if reranker else None, seed=seed, name=name, backend=backend.value,
+                     gguf=str(gguf) if gguf else None, rerank=rerank, no_answer=value(no_answer),
+                     answer_format=value(answer_format))
     kb_obj = _load_kb(kb) if kb is not None else None
-    retrieve = None
-    if retriever_name == "reranker" and kb_obj is not None:
-        if reranker is None:
-            raise InputError("--retriever reranker needs --reranker PATH", field="reranker")
-        from kardlite.rerank.model import Reranker
-
-        rr_backend = "onnx" if any(reranker.glob("*.onnx")) else "torch"
-        retrieve = make_retriever(kb_obj, "reranker", pool=pool, first_stage=first_stage.value,
-                                  reranker=Reranker.load(reranker, backend=rr_backend))
-    metrics = evaluate(student, items, out, cfg, kb=kb_obj, retrieve=retrieve)
+    metrics = evaluate(student, items, out, cfg, kb=kb_obj)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
                f"forced {metrics['forced_rate']:.3f}, n {metrics['n']} -> {out}")
 

@@ -25,9 +25,10 @@ from kardlite.data.rationales import read_kept_rationales  # noqa: F401 (re-expo
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.prompts import KNOWLEDGE_MODES, MODES, Mode
+from kardlite.settings import FIRST_STAGES, KBRetriever
 
-Retriever = Literal["bm25", "dense", "hybrid"]
-RETRIEVERS: tuple[str, ...] = ("bm25", "dense", "hybrid")
+Retriever = KBRetriever
+RETRIEVERS: tuple[str, ...] = FIRST_STAGES
 Select = Literal["first", "shortest", "random"]
 SELECTS: tuple[str, ...] = ("first", "shortest", "random")
 

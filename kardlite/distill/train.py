@@ -29,6 +29,7 @@ from kardlite.data.split import split_by_question  # re-exported: its home is ka
 from kardlite.distill.examples import read_examples
 from kardlite.distill.student import STUDENT_FILE, Student, load_student
 from kardlite.errors import ArtifactError, InputError
+from kardlite.settings import DEFAULTS
 
 CHECKPOINT = "checkpoint"
 MANIFEST = "manifest.json"
@@ -54,7 +55,7 @@ class StudentTrainConfig:
     warmup_steps: int = 0  # the paper uses none: constant lr
     seed: int = 42
     # --- sequence budget: the same budget is used at inference (stored with the model) ---
-    max_source_tokens: int = 512
+    max_source_tokens: int = DEFAULTS.max_source_tokens  # the prompt budget is one setting, training and test
     # None: taken from the data, the smallest budget that cuts at most 1% of training targets (the rationale is
     # cut, never the answer line). Generation at test time gets a cap above the longest training target.
     max_target_tokens: int | None = None
@@ -81,7 +82,7 @@ class StudentTrainConfig:
     log_every: int = 1
     use_chat_template: bool | None = None  # None: the student's default (its chat template if it has one)
     # How the target writes the answer after "Answer:": the letter ("B"), the option's text, or both ("(B) text").
-    answer_format: str = "letter"
+    answer_format: str = DEFAULTS.answer_format
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded in the manifest
 
 
@@ -494,6 +495,7 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
             "max_target_tokens": budget, "max_new_tokens": max(target_lengths, default=budget) + 16,
             "n_docs": _n_docs(rows), "use_chat_template": student.use_chat_template,
             "answer_format": cfg.answer_format}
+    info["inference"] = _inference_settings(info)
     if accelerator.is_main_process:
         atomic_write_json(out / "run_info.json", {"student": info, "config": asdict(cfg)})
 
@@ -580,6 +582,14 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         }
         atomic_write_json(out / MANIFEST, manifest)
     return out / "model"
+
+
+def _inference_settings(info: dict[str, Any]) -> dict[str, Any]:
+    """The InferenceSettings this student is evaluated and shipped with (kardlite.settings): its mode, budget,
+    passage count and generation cap; the rest are the defaults."""
+    from kardlite.settings import InferenceSettings
+
+    return InferenceSettings.for_student(info).to_dict()
 
 
 def _n_docs(rows: list[dict[str, Any]]) -> int | None:

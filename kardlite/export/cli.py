@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from kardlite._cli import FirstStage, cli_errors
+from kardlite._cli import (
+    AnswerFormat,
+    AnswerScoring,
+    Decoding,
+    FirstStage,
+    NoAnswer,
+    cli_errors,
+    renamed,
+    setting_option,
+)
 from kardlite.errors import InputError
 
 app = typer.Typer(help="Export for the CPU runtime: student GGUFs, the bundle folder.", no_args_is_help=True)
@@ -64,21 +73,30 @@ def bundle(
                                                            "[default: exports/<student>-<quant>].")] = None,
     reranker: Annotated[Path | None, typer.Option(help="Reranker folder (torch or ONNX).", exists=True)] = None,
     quant: Annotated[Quant, typer.Option(help="Student GGUF type.")] = Quant.Q4_K_M,
-    mode: Annotated[BundleMode | None, typer.Option(help="Prompt mode (default: the student's).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Prompt token budget (default: the student's).")] = None,
-    first_stage: Annotated[FirstStage | None, typer.Option(help="Default: hybrid if the KB has a dense index, "
-                                                                "else bm25.")] = None,
-    pool: Annotated[int, typer.Option(help="First-stage candidates for the reranker.")] = 50,
-    n_docs: Annotated[int, typer.Option(help="Passages shown to the student.")] = 3,
-    max_new_tokens: Annotated[int, typer.Option(help="Default generation cap.")] = 128,
+    mode: Annotated[BundleMode | None, setting_option("mode")] = None,
+    max_source_tokens: Annotated[int | None, setting_option("max_source_tokens")] = None,
+    first_stage: Annotated[FirstStage | None, setting_option("first_stage")] = None,
+    pool: Annotated[int | None, setting_option("pool")] = None,
+    n_docs: Annotated[int | None, setting_option("n_docs")] = None,
+    rerank: Annotated[bool | None, setting_option("rerank", "--rerank/--no-rerank")] = None,
+    max_new_tokens: Annotated[int | None, setting_option("max_new_tokens")] = None,
+    decoding: Annotated[Decoding | None, setting_option("decoding")] = None,
+    samples: Annotated[int | None, setting_option("samples")] = None,
+    answer_format: Annotated[AnswerFormat | None, setting_option("answer_format")] = None,
+    answer_scoring: Annotated[AnswerScoring | None, setting_option("answer_scoring")] = None,
+    no_answer: Annotated[NoAnswer | None, setting_option("no_answer")] = None,
+    seed: Annotated[int | None, setting_option("seed")] = None,
     evaluation: Annotated[Path | None, typer.Option(help="JSON file of evaluation numbers to record.", exists=True)]
     = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify the GGUF against PyTorch.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads.", min=1)] = None,
     name: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: --out PARENT --name NAME wrote "
                                                                 "PARENT/NAME; give --out PARENT/NAME.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(hidden=True, help="Deprecated spelling of --max-source-tokens.")]
+    = None,
 ) -> None:
-    """Write the bundle folder --out: student GGUF + KB (with its ONNX encoder) + ONNX reranker + manifest.json."""
+    """Write the bundle folder --out: student GGUF + KB (with its ONNX encoder) + ONNX reranker + manifest.json.
+    Unset settings are the student's own (kardlite_student.json), the ones `kardlite eval` scores."""
     from kardlite._io import read_json
     from kardlite.export.bundle import MANIFEST, export_bundle
 
@@ -92,12 +110,17 @@ def bundle(
         parent, name = out.parent, out.name
     else:
         parent = Path("exports")
+    max_source_tokens = renamed(max_source_tokens, max_tokens, new="--max-source-tokens", old="--max-tokens")
     evaluation_numbers = read_json(evaluation) if evaluation else None
+    value = lambda e: e.value if e is not None else None  # noqa: E731 - enum option -> its string or None
+    settings = {"mode": value(mode), "max_source_tokens": max_source_tokens, "first_stage": value(first_stage),
+                "pool": pool, "n_docs": n_docs, "rerank": rerank, "max_new_tokens": max_new_tokens,
+                "decoding": value(decoding), "samples": samples, "answer_scoring": value(answer_scoring),
+                "answer_format": value(answer_format),
+                "no_answer": value(no_answer), "seed": seed}
     written = export_bundle(student, kb, parent, reranker_dir=reranker, quant=quant.value,  # type: ignore[arg-type]
-                            name=name, mode=mode.value if mode else None, max_tokens=max_tokens,
-                            first_stage=first_stage.value if first_stage else None, pool=pool, n_docs=n_docs,
-                            decoding={"max_new_tokens": max_new_tokens}, evaluation=evaluation_numbers,
-                            verify=verify, threads=threads)
+                            name=name, settings={k: v for k, v in settings.items() if v is not None},
+                            evaluation=evaluation_numbers, verify=verify, threads=threads)
     manifest = json.loads((written / MANIFEST).read_text(encoding="utf-8"))
     size = sum(f["bytes"] for f in manifest["files"].values())
     student_quant = manifest["student"]["quant"]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kardlite.errors import ArtifactError
+from kardlite.settings import FIRST_STAGES
 
-FIRST_STAGES = ("bm25", "dense", "hybrid")
 MAX_SEED = 2**31 - 1  # llama.cpp takes a 32-bit seed
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what it should be

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +29,12 @@ from kardlite.kb import store as _store
 from kardlite.kb.config import KBConfig
 from kardlite.kb.hybrid import rrf
 from kardlite.kb.passage import Hit, Passage
+from kardlite.settings import FIRST_STAGES, KBRetriever
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-Retriever = Literal["bm25", "dense", "hybrid"]
-RETRIEVERS = ("bm25", "dense", "hybrid")
+Retriever = KBRetriever
+RETRIEVERS = FIRST_STAGES
 
 
 class KnowledgeBase:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kardlite._cli import cli_errors
+from kardlite._cli import cli_errors, setting_option
 
 if TYPE_CHECKING:
     from kardlite.runtime.types import Answer
@@ -20,9 +20,10 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question stem.")],
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="An answer option (repeat, 2-10).")]
     = None,
-    n_docs: Annotated[int | None, typer.Option(help="Passages shown to the student.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Self-consistency samples (majority vote).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation cap per sample.")] = None,
+    n_docs: Annotated[int | None, setting_option("n_docs", default_note="the bundle's")] = None,
+    samples: Annotated[int | None, typer.Option(help="Self-consistency samples (majority vote); 1 = one greedy "
+                                                     "generation. [default: the bundle's decoding]")] = None,
+    max_new_tokens: Annotated[int | None, setting_option("max_new_tokens", default_note="the bundle's")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.", min=1)] = None,
     abstain_below: Annotated[float | None, typer.Option(help="Withhold the answer when its confidence (0-1) is "

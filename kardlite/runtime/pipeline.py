@@ -6,11 +6,15 @@ or transformers (a test runs a bundle with torch made unimportable).
 Prompts are built exactly as in training: ``kardlite.prompts.build_prompt`` with the chat template the bundle
 carries (copied from the student GGUF's ``tokenizer.chat_template``), the same mode and token budget, and
 llama.cpp's own tokenizer as the token counter (an export check makes sure it tokenises like transformers).
+
+The test-time path is the one ``kardlite eval`` scores: the bundle's :class:`~kardlite.settings.InferenceSettings`
+(manifest key ``inference``), the same :class:`~kardlite.rerank.retriever.Retriever`, the same
+:class:`~kardlite.gguf_student.GGUFStudent` (generation, stop rule, letter scoring) and the same answer reading
+(:mod:`kardlite.answers`, including the forced answer of an output without an answer line).
 """
 
 from __future__ import annotations
 
-import codecs
 import re
 import threading
 import time
@@ -24,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from kardlite._io import read_json, sha256_file
+from kardlite.answers import forced_context, option_continuations, parse_answer, rationale, vote
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
-from kardlite.export.bundle import KB_DIR, MANIFEST, read_manifest, verify_bundle
+from kardlite.export.bundle import KB_DIR, MANIFEST, bundle_settings, read_manifest, verify_bundle
+from kardlite.gguf_student import GGUFStudent, letter_distribution
 from kardlite.kb.passage import Hit
-from kardlite.prompts import Segment, build_prompt, parse_answer, vote
+from kardlite.prompts import Segment, build_prompt
 from kardlite.rerank.late import WARM_LIMIT
+from kardlite.rerank.retriever import Retriever
 from kardlite.runtime.audit import AuditLog, AuditLogError, utc_now
 from kardlite.runtime.confidence import Calibrator, raw_confidence, support
 from kardlite.runtime.types import Abstention, Answer, Candidate, PassageShown, StreamEvent, Timings, TokenCounts
@@ -37,12 +44,6 @@ from kardlite.runtime.types import Abstention, Answer, Candidate, PassageShown, 
 # A question longer than this many characters per budget token cannot fit the prompt anyway (English BPE runs
 # 3-5 characters a token); refusing it before tokenising keeps a pasted 100 KB document from costing anything.
 _CHARS_PER_TOKEN_LIMIT = 8
-# Linear time on model output: possessive runs of whitespace cannot be split between the two \s (the old
-# pattern, with a leading \s* too, took 7.9 s on "Answer" + 10,000 spaces).
-_ANSWER_LINE = re.compile(r"\bAnswer\s*+(?:is)?\s*+[:：]", re.IGNORECASE)
-# The text so far ends with an answer line's prefix: the next token is the letter (checked on a short tail only).
-_ANSWER_END = re.compile(r"\bAnswer\s*+(?:is)?\s*+[:：]\s*+$", re.IGNORECASE)
-_TAIL = 24
 
 
 @dataclass(frozen=True)
@@ -82,18 +83,23 @@ class Pipeline:
         self.audit = audit
         self.manifest_sha256 = manifest_sha256
         self._llm = llm
+        self.student = GGUFStudent(llm, path / manifest["student"]["file"])
         self._lock = threading.Lock()
-        self._letter_ids: list[list[int]] | None = None
+        # A bundle exported before the settings existed (no "inference" section) keeps its behaviour: no stop at
+        # the answer line, no forced answer, its greedy temperature.
+        self.settings, self._legacy = bundle_settings(manifest, where=str(path / MANIFEST))
+        s = self.settings
         prompt = manifest["prompt"]
-        self.mode: str = prompt["mode"]
-        self.max_tokens = int(prompt["max_tokens"])
+        self.mode: str = str(s.mode)
+        self.max_tokens = s.max_source_tokens
         self.chat_template: str | None = manifest.get("chat_template") if prompt.get("use_chat_template") else None
         tok = manifest["tokenizer"]
         self._bos, self._eos = tok.get("bos_token") or "", tok.get("eos_token") or ""
-        retrieval = manifest["retrieval"]
-        self.first_stage: str = retrieval["first_stage"]
-        self.pool = int(retrieval["pool"])
-        self.n_docs = int(retrieval["n_docs"])
+        self.first_stage: str = s.first_stage
+        self.pool = s.pool
+        self.n_docs = s.n_docs
+        self.retriever = Retriever(kb, reranker if s.rerank else None, first_stage=s.first_stage,  # type: ignore
+                                   pool=s.pool)
         self.decoding: dict[str, Any] = dict(manifest["decoding"])
         self.n_ctx = int(llm.n_ctx())
 
@@ -107,12 +113,12 @@ class Pipeline:
         Args:
             question: the question stem (without options).
             options: 2-10 option texts (shown as A, B, ...); None or empty for a free-text answer.
-            n_docs: passages shown to the student (default: the bundle's, usually 3).
+            n_docs: passages shown to the student (default: the bundle's settings, as the student was trained).
             samples: 1 = one generation (greedy by default); more = self-consistency: that many samples and a
-                majority vote over their answer letters (default: the bundle's).
-            max_new_tokens: generation cap per sample (default: the bundle's, 128).
-            temperature: 0 = greedy; default: the bundle's (0 for one sample, ``sample_temperature`` (1.0) for
-                several).
+                majority vote over their answer letters (default: the bundle's decoding).
+            max_new_tokens: generation cap per sample (default: the bundle's).
+            temperature: 0 = greedy; default: 0 for one sample, the bundle's sampling temperature (1.0) for
+                several.
             seed: sampling seed (sample i uses seed + i); default: the bundle's.
             abstain_below: a threshold in [0, 1]: an answer whose ``confidence`` is below it is withheld
                 (``letter``/``index``/``answer`` None, ``abstention`` says why); None = always answer.
@@ -141,33 +147,26 @@ class Pipeline:
             for each decoded piece, then ``{"type": "answer", "answer": Answer}``.
         """
         t_start = time.perf_counter()
+        s = self.settings
         item, opts = self._validate_question(question, options)
-        # One rule for every numeric argument (None = the bundle's setting): an integer argument takes an int, a
-        # real one an int or a float; never a bool, a string, a NaN or a value out of range (no silent truncation).
-        n_docs = integer_arg("n_docs", self.n_docs if n_docs is None else n_docs, low=1)
-        samples = integer_arg("samples", int(self.decoding.get("samples", 1)) if samples is None else samples, low=1)
-        max_new = integer_arg("max_new_tokens",
-                              int(self.decoding["max_new_tokens"]) if max_new_tokens is None else max_new_tokens, low=1)
+        n_docs = integer_arg("n_docs", s.n_docs if n_docs is None else n_docs, low=1)
+        samples = integer_arg("samples", (1 if s.greedy else s.samples) if samples is None else samples, low=1)
+        max_new = integer_arg("max_new_tokens", s.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                              low=1)
         if temperature is None:
-            temperature = self.decoding["temperature"] if samples == 1 else self.decoding["sample_temperature"]
+            greedy_temp = float(self.decoding.get("temperature", 0.0)) if self._legacy else 0.0
+            temperature = greedy_temp if samples == 1 else s.temperature
         temperature = number_arg("temperature", temperature, low=0.0, high=5.0)
-        seed = integer_arg("seed", self.decoding.get("seed", 0) if seed is None else seed, low=0, high=MAX_SEED)
+        seed = integer_arg("seed", s.seed if seed is None else seed, low=0, high=MAX_SEED)
         if abstain_below is not None:
             abstain_below = number_arg("abstain_below", abstain_below, low=0.0, high=1.0)
 
         # Question and options alone must fit the budget (they are never cut): check before retrieving.
         with self._lock:
             self._build(item, ())
-        query = item.linearize()
-        t0 = time.perf_counter()
-        pool_hits = self.kb.search(query, max(self.pool, n_docs) if self.reranker else n_docs,
-                                   retriever=self.first_stage)
-        t_retrieve = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        shown_hits = (self.reranker.rank(query, pool_hits, top_k=n_docs) if self.reranker else pool_hits[:n_docs])
-        t_rerank = time.perf_counter() - t0 if self.reranker else 0.0
+        pool_hits, shown_hits, t_retrieve, t_rerank = self.retriever.search(item.linearize(), n_docs)
         first_scores = {h["id"]: float(h["score"]) for h in pool_hits}
-        passages = [_shown(h, first_scores, has_reranker=self.reranker is not None) for h in shown_hits]
+        passages = [_shown(h, first_scores, has_reranker=self.retriever.reranker is not None) for h in shown_hits]
         candidates = [Candidate(id=h["id"], title=h["title"], rank=int(h["rank"]), score=float(h["score"]))
                       for h in pool_hits]
         yield StreamEvent(type="passages", passages=passages)
@@ -181,9 +180,7 @@ class Pipeline:
             prompt = self._build(item, [_PassageView(h) for h in shown_hits])
             t_prompt = time.perf_counter() - t0
             prompt_ids = self._tokenize(prompt.segments)
-            if len(prompt_ids) + max_new > self.n_ctx:
-                raise InputError(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new}) exceed the "
-                                 f"context window of {self.n_ctx} tokens", field="max_new_tokens")
+            self.student.check_fits(len(prompt_ids), max_new, "max_new_tokens")
             t_gen = time.perf_counter()
             # A fresh context per question: llama.cpp would otherwise reuse the KV cache of the previous prompt's
             # common prefix, and the answer would depend (in near-ties) on which question came before.
@@ -192,7 +189,10 @@ class Pipeline:
                 out_text = ""
                 n_new, t_first, t_last = 0, None, None
                 capture: list[np.ndarray] = []
-                for piece, t_tok in self._generate(prompt_ids, max_new, temperature, seed + i, len(opts), capture):
+                for piece, t_tok in self.student.stream(
+                        prompt_ids, max_new_tokens=max_new, temperature=float(temperature), top_k=s.top_k,
+                        top_p=s.top_p, seed=seed + i, n_options=len(opts), stop_at_answer=not self._legacy,
+                        letter_probs=capture):
                     if t_first is None:
                         t_first = t_tok
                     t_last = t_tok
@@ -207,9 +207,9 @@ class Pipeline:
                     prefill = (t_first - t_gen) if t_first is not None else time.perf_counter() - t_gen
                     if n_new >= 2 and t_last is not None and t_last > t_first:
                         decode_rate = (n_new - 1) / (t_last - t_first)
+            answer = self._answer(item, opts, texts, samples, prompt_ids, letter_dists)
             t_generate = time.perf_counter() - t_gen
 
-        answer = self._answer(item, opts, texts, samples)
         timings = Timings(retrieve=t_retrieve, rerank=t_rerank, prompt=t_prompt, prefill=prefill,
                           generate=t_generate, total=time.perf_counter() - t_start)
         tokens = TokenCounts(prompt=len(prompt_ids), budget=self.max_tokens, generated=generated,
@@ -224,8 +224,8 @@ class Pipeline:
             try:
                 self.audit.append(self._audit_record(answer, {
                     "n_docs": n_docs, "samples": samples, "max_new_tokens": max_new, "temperature": temperature,
-                    "seed": seed, "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
-                    "abstain_below": abstain_below}))
+                    "seed": seed, "top_k": s.top_k, "top_p": s.top_p, "no_answer": s.no_answer,
+                    "answer_scoring": s.answer_scoring, "abstain_below": abstain_below}))
             except AuditLogError as err:
                 err.answer = answer
                 raise
@@ -293,11 +293,10 @@ class Pipeline:
             return QAItem(id="ask", question=question.strip(), options=tuple(o.strip() for o in opts), label=None), opts
         return _FreeQuestion(id="ask", question=question.strip()), opts
 
-    def _tokenize(self, segments: Sequence[Segment]) -> list[int]:
-        # Chat markers of the template become single control tokens (as transformers encodes them); the user turn
-        # (question, options, passages) is plain text, so a "<|im_end|>" typed in a question stays text.
-        return [i for text, special in segments if text
-                for i in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)]
+    def _tokenize(self, segments: Sequence[Segment] | str) -> list[int]:
+        if isinstance(segments, str):  # a rendered prompt as one string (its markup parsed)
+            return self.student.tokenize_markup(segments)
+        return self.student.tokenize_segments(segments)
 
     def _count(self, segments: Sequence[Segment]) -> int:
         return len(self._tokenize(segments))
@@ -305,61 +304,7 @@ class Pipeline:
     def _build(self, item: Any, passages: Sequence[Any]) -> Any:
         return build_prompt(item, self.mode, passages=passages, max_tokens=self.max_tokens,  # type: ignore[arg-type]
                             count_segments=self._count, chat_template=self.chat_template, bos_token=self._bos,
-                            eos_token=self._eos)
-
-    def _generate(self, prompt_ids: list[int], max_new: int, temperature: float, seed: int, n_letters: int = 0,
-                  capture: list[np.ndarray] | None = None) -> Iterator[tuple[str, float]]:
-        """(decoded text piece, time) per new token, until an end-of-generation token or ``max_new``.
-
-        With ``n_letters`` and ``capture``: whenever the text so far ends with ``Answer:``, the distribution
-        over the first ``n_letters`` letters at the next token replaces ``capture``'s content (so it holds the
-        last answer line's, the one ``parse_answer`` reads).
-        """
-        import llama_cpp
-
-        llm = self._llm
-        llm.set_seed(seed)
-        vocab = llm._model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        sampling: dict[str, Any] = {"temp": 0.0} if temperature == 0 else {
-            "temp": float(temperature), "top_k": int(self.decoding["top_k"]), "top_p": float(self.decoding["top_p"]),
-            "min_p": 0.0}
-        text = ""
-        for n, tok in enumerate(llm.generate(prompt_ids, repeat_penalty=1.0, reset=True, **sampling), start=1):
-            now = time.perf_counter()
-            # The context's logits are still those this token was sampled from (generate evaluates lazily).
-            if capture is not None and n_letters and _ANSWER_END.search(text[-_TAIL:]):
-                capture[:] = [self._letter_probs(n_letters)]
-            if llama_cpp.llama_vocab_is_eog(vocab, tok):
-                break
-            piece = decoder.decode(llm.detokenize([tok]))
-            text += piece
-            yield piece, now
-            if n >= max_new:
-                break
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail, time.perf_counter()
-
-    def _letter_probs(self, n_letters: int) -> np.ndarray:
-        """P(letter) over the first ``n_letters`` letters from the context's last logits (``A`` and `` A``
-        tokens summed), renormalised over those letters."""
-        import llama_cpp
-
-        llm = self._llm
-        if self._letter_ids is None:
-            ids: list[list[int]] = []
-            for letter in LETTERS[:MAX_OPTIONS]:
-                found = {t[0] for form in (letter, " " + letter)
-                         if len(t := llm.tokenize(form.encode(), add_bos=False, special=False)) == 1}
-                ids.append(sorted(found))
-            self._letter_ids = ids
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
-        per_letter = [logits[ids].astype(np.float64) if ids else np.full(1, -np.inf)
-                      for ids in self._letter_ids[:n_letters]]
-        top = max(float(v.max()) for v in per_letter)
-        mass = np.asarray([np.exp(v - top).sum() for v in per_letter])
-        return mass / mass.sum()
+                            eos_token=self._eos, answer_format=self.settings.answer_format)  # type: ignore[arg-type]
 
     def _judge(self, answer: Answer, letter_dists: list[np.ndarray], samples: int,
                abstain_below: float | None) -> None:
@@ -402,12 +347,31 @@ class Pipeline:
                 "passages": [{"id": p["id"], "rank": p["rank"], "first_stage_score": p["first_stage_score"],
                               "rerank_score": p["rerank_score"]} for p in answer["passages"]],
                 "decoding": decoding, "rationale": answer["rationale"], "letter": answer["letter"],
-                "answer": answer["answer"], "valid": answer["valid"], "abstention": answer["abstention"],
+                "answer": answer["answer"], "valid": answer["valid"], "forced": answer["forced"],
+                "abstention": answer["abstention"],
                 "confidence": answer["confidence"], "confidence_raw": answer["confidence_raw"],
                 "signals": answer["signals"], "calibrated": self.calibrator is not None}
 
-    def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int) -> Answer:
-        indices = [parse_answer(t, len(opts), opts) if opts else None for t in texts]
+    def _read(self, text: str, opts: list[str], prompt_ids: list[int],
+              letter_dists: list[np.ndarray]) -> tuple[int | None, bool]:
+        """(option index, forced) of one output, by the bundle's answer scoring and no-answer rule (as eval)."""
+        s = self.settings
+        index = parse_answer(text, len(opts), opts) if s.answer_scoring == "generated" else None
+        if index is not None or (s.answer_scoring == "generated" and s.no_answer == "invalid"):
+            return index, False
+        suffix = self.student.tokenize_text(forced_context(text))
+        if s.answer_scoring == "text":
+            conts = option_continuations([opts], s.answer_format)[0]  # type: ignore[arg-type]
+            scores = [c.mean for c in self.student.continuation_scores(prompt_ids, conts, suffix=suffix)]
+        else:
+            scores = self.student.letter_logprobs(prompt_ids, len(opts), suffix=suffix)
+            letter_dists.append(letter_distribution(scores))
+        return max(range(len(scores)), key=scores.__getitem__), s.answer_scoring == "generated"
+
+    def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int, prompt_ids: list[int],
+                letter_dists: list[np.ndarray]) -> Answer:
+        read = [self._read(t, opts, prompt_ids, letter_dists) if opts else (None, False) for t in texts]
+        indices = [i for i, _ in read]
         votes: dict[str, int] | None = None
         if opts and samples > 1:
             votes = dict(sorted(Counter(LETTERS[i] for i in indices if i is not None).items()))
@@ -416,15 +380,16 @@ class Pipeline:
             chosen = indices[0]
         pick = next((j for j, i in enumerate(indices) if i == chosen), 0) if chosen is not None else 0
         text = texts[pick]
-        rationale = _rationale(text)
+        cut = rationale(text)
         if opts:
             letter = LETTERS[chosen] if chosen is not None else None
             answer_text = opts[chosen] if chosen is not None else None
             valid = chosen is not None
         else:
-            letter, answer_text, valid = None, (rationale or None), bool(rationale)
+            letter, answer_text, valid = None, (cut or None), bool(cut)
         return Answer(question=item.question, options=opts, letter=letter, index=chosen, answer=answer_text,
-                      valid=valid, rationale=rationale, text=text, passages=[], candidates=[], votes=votes,
+                      valid=valid, forced=read[pick][1], rationale=cut, text=text, passages=[], candidates=[],
+                      votes=votes,
                       samples=list(texts) if samples > 1 else None,
                       timings=Timings(retrieve=0.0, rerank=0.0, prompt=0.0, prefill=0.0, generate=0.0, total=0.0),
                       tokens=TokenCounts(prompt=0, budget=self.max_tokens, generated=0, decode_per_s=0.0,
@@ -486,12 +451,6 @@ def _shown(hit: Hit, first_scores: dict[str, float], *, has_reranker: bool) -> P
                         rerank_score=scores.get("rerank") if has_reranker else None, scores=scores)
 
 
-def _rationale(text: str) -> str:
-    """The generation before its last ``Answer:`` line (the whole text if there is none), stripped."""
-    matches = list(_ANSWER_LINE.finditer(text))
-    return (text[: matches[-1].start()] if matches else text).strip()
-
-
 def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n_ctx: int | None = None,
          warm_reranker: int = WARM_LIMIT, audit_log: str | Path | None = None, trusted_key: str | Path | None = None,
          allow_extra: bool = False) -> Pipeline:
@@ -547,6 +506,7 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
     from kardlite._llama import load_llama
     from kardlite.export.schema import check_manifest
     from kardlite.kb import KnowledgeBase
+    from kardlite.rerank.model import Reranker
 
     manifest = read_manifest(path)
     verify_bundle(path, manifest, hashes=verify, allow_extra=allow_extra, trusted_key=trusted_key)
@@ -563,8 +523,6 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
     reranker = None
     rr = manifest["retrieval"].get("reranker")
     if rr:
-        from kardlite.rerank.model import Reranker
-
         reranker = Reranker.load(path / rr["dir"], backend="onnx", threads=threads)
         # a cross-encoder has nothing to cache: its scores need the question
         if 0 < len(kb) <= warm_reranker and reranker.kind == "late-interaction":

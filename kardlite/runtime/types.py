@@ -69,6 +69,7 @@ class Answer(TypedDict):
     index: int | None
     answer: str | None
     valid: bool
+    forced: bool                  # no answer line: the letter was read by likelihood (InferenceSettings.no_answer)
     rationale: str
     text: str                     # the raw generation behind the answer (the first sample that voted for it)
     passages: list[PassageShown]

@@ -6,7 +6,6 @@ import pytest
 
 from kardlite.distill.evaluate import (
     EvalConfig,
-    _answer_done,
     decode_until_stop,
     evaluate,
     make_retriever,
@@ -26,15 +25,6 @@ def test_vote_majority_and_deterministic_ties():
     assert vote([3, None, 0]) == 3
     assert vote([None, None]) is None
     assert vote([]) is None
-
-
-def test_parsing_and_early_stop_rule():
-    assert parse_answer("Plants release oxygen.\nAnswer: A", 4) == 0
-    assert parse_answer("Answer: E", 4) is None
-    assert parse_answer("the answer is a cell", 4) is None
-    assert not _answer_done("... Answer: A", 4)  # "A" might still grow into "Apples"
-    assert _answer_done("... Answer: A\n", 4)
-    assert not _answer_done("Answer: Z.", 4)
 
 
 def test_output_is_cut_at_the_trained_eos(smol_tokenizer):
@@ -126,12 +116,15 @@ def test_answers_read_as_option_text_and_contradictions_counted(tiny_llama_dir):
                 "The sun shines and shines"]]
     texts = [student.prompt(yes_no, "rd").text]
     ids = [student.encode(texts[0])]
-    votes, forced, contradictions = _read_answers(student, [yes_no], texts, ids, outputs, "generated")
+    votes, forced, contradictions = _read_answers(student, [yes_no], ids, outputs, "generated")
     assert votes[0][:2] == [0, 0] and forced[0] == [False, False, True] and votes[0][2] in (0, 1)
     assert contradictions == [1]  # the second output states B, then answers A
     # scoring after the rationale reads every output by likelihood, none counted as forced
-    votes, forced, _ = _read_answers(student, [yes_no], texts, ids, outputs, "text")
+    votes, forced, _ = _read_answers(student, [yes_no], ids, outputs, "text")
     assert all(v in (0, 1) for v in votes[0]) and forced[0] == [False, False, False]
+    # no_answer="invalid": an output without an answer line stays unanswered, nothing forced
+    votes, forced, _ = _read_answers(student, [yes_no], ids, outputs, "generated", "invalid")
+    assert votes[0] == [0, 0, None] and forced[0] == [False, False, False]
 
 
 def test_decoding_budget_and_passages_default_to_the_students(tmp_path, tiny_llama_dir):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_manifest_describes_every_file_and_setting(tiny_bundle: Path) -> None:
     m = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert m["schema_version"] == 1 and m["kind"] == "kardlite-bundle" and m["name"] == "tiny"
+    assert m["schema_version"] == 2 and m["kind"] == "kardlite-bundle" and m["name"] == "tiny"
     on_disk = sorted(rel for p in tiny_bundle.rglob("*")
                      if p.is_file() and (rel := p.relative_to(tiny_bundle).as_posix()) not in CONTROL_FILES)
     assert sorted(m["files"]) == on_disk
@@ -39,6 +39,11 @@ def test_manifest_describes_every_file_and_setting(tiny_bundle: Path) -> None:
     assert m["retrieval"]["reranker"]["onnx"]["quantized"] is True
     assert m["encoders"] == {"dense": "kb/encoder", "reranker": "reranker"}
     assert m["decoding"]["max_new_tokens"] == 24 and m["decoding"]["temperature"] == 0.0
+    # the inference settings the runtime reads; the other sections are their view for older readers
+    s = m["inference"]
+    assert (s["mode"], s["max_source_tokens"], s["first_stage"], s["pool"], s["n_docs"], s["max_new_tokens"]) == \
+        ("kard", 512, "hybrid", 8, 3, 24)
+    assert (s["decoding"], s["answer_scoring"], s["no_answer"], s["rerank"]) == ("greedy", "generated", "force", True)
     assert m["evaluation"] == {"note": "tiny random student, test fixture"}
     assert "llama-cpp-python" in m["versions"]
 
@@ -90,6 +95,12 @@ def test_export_bundle_refuses_bad_settings(tiny_bundle: Path, tmp_path: Path) -
         export_bundle(gguf, kb, tmp_path, decoding={"beam": 4})
     with pytest.raises(InputError, match="student not found"):
         export_bundle(tmp_path / "missing", kb, tmp_path)
+    with pytest.raises(InputError, match="n_docs"):
+        export_bundle(gguf, kb, tmp_path, settings={"n_docs": 0})
+    with pytest.raises(InputError, match="no_answer"):
+        export_bundle(gguf, kb, tmp_path, settings={"no_answer": "guess"})
+    with pytest.raises(InputError, match="unknown inference settings"):
+        export_bundle(gguf, kb, tmp_path, settings={"k": 3})
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 

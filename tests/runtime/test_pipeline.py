@@ -344,3 +344,34 @@ def test_ask_fuzz_control_characters_in_options(pipe) -> None:
 
     run()
     tally.require(0.2)
+
+
+def test_a_bundle_exported_before_the_settings_keeps_its_behaviour(pipe, tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kardlite.errors import ArtifactError
+    from kardlite.export.bundle import read_manifest, write_manifest
+    from kardlite.runtime import load
+
+    old = tmp_path / "schema1"
+    shutil.copytree(tiny_bundle, old)
+    m = read_manifest(old)
+    assert m["schema_version"] == 2 and m["inference"]["no_answer"] == "force"
+    del m["inference"]
+    m["schema_version"] = 1
+    write_manifest(old, m)
+    q, opts = QUESTIONS[0]
+    new = pipe.ask(q, opts)
+    with load(old, threads=2) as legacy:
+        assert legacy.settings.no_answer == "invalid" and legacy.settings.n_docs == pipe.settings.n_docs
+        ans = legacy.ask(q, opts)
+    # the same retrieval and prompt; the tiny random student writes no answer line: the old bundle shows no answer
+    # (as it did), the new one a forced letter, flagged
+    assert [p["id"] for p in ans["passages"]] == [p["id"] for p in new["passages"]]
+    assert ans["text"] == new["text"] and ans["letter"] is None and not ans["valid"] and not ans["forced"]
+    assert new["letter"] is not None and new["valid"] and new["forced"]
+    # a manifest of a later schema than this kardlite knows is refused with what to do
+    m["schema_version"] = 3
+    write_manifest(old, m)
+    with pytest.raises(ArtifactError, match="re-export the bundle"):
+        load(old)
