@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from kardlite.export.bundle import export_bundle
     from kardlite.kb.base import KnowledgeBase
     from kardlite.rationales.filter import filter_rationales
-    from kardlite.rerank.model import Reranker
+    from kardlite.rerank import Reranker
     from kardlite.rerank.train import RerankTrainConfig, train_reranker
     from kardlite.runtime.pipeline import Pipeline, load
     from kardlite.teacher.factory import get_teacher
@@ -42,7 +42,7 @@ _LAZY = {
     "build_examples": "kardlite.distill.examples",
     "StudentTrainConfig": "kardlite.distill.train",
     "train_student": "kardlite.distill.train",
-    "Reranker": "kardlite.rerank.model",
+    "Reranker": "kardlite.rerank",
     "RerankTrainConfig": "kardlite.rerank.train",
     "train_reranker": "kardlite.rerank.train",
     "export_bundle": "kardlite.export.bundle",

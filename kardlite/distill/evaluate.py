@@ -159,7 +159,7 @@ def make_retriever(kb: Any, retriever: str = "bm25", *, pool: int = DEFAULTS.poo
 
 def _load_reranker(path: str | Path) -> Any:
     """A reranker folder, ONNX (when it holds an ``.onnx`` file, as a bundle's does) or torch."""
-    from kardlite.rerank.model import Reranker
+    from kardlite.rerank import Reranker
 
     path = Path(path)
     return Reranker.load(path, backend="onnx" if any(path.glob("*.onnx")) else "torch")

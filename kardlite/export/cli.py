@@ -134,7 +134,7 @@ def keygen(
     public_key: Annotated[Path, typer.Argument(help="Where to write the public key (PEM; give it to runtimes).")],
 ) -> None:
     """Make an Ed25519 key pair for signing bundles (needs the `sign` extra)."""
-    from kardlite.export.bundle import generate_signing_key
+    from kardlite.bundle_format import generate_signing_key
 
     generate_signing_key(private_key, public_key)
     typer.echo(f"private key {private_key} (mode 0600), public key {public_key}")
@@ -147,7 +147,7 @@ def sign(
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key, PEM (kardlite export keygen).")],
 ) -> None:
     """Verify a bundle, then sign its manifest (bundle.sig); `kardlite ask --trusted-key PUB` checks it."""
-    from kardlite.export.bundle import sign_bundle
+    from kardlite.bundle_format import sign_bundle
 
     out = sign_bundle(bundle_dir, key)
     typer.echo(f"signed: {out}")
@@ -163,7 +163,7 @@ def verify_cmd(
     = False,
 ) -> None:
     """Check a bundle: manifest digest, no links or unlisted files, every file's size and sha256, signature."""
-    from kardlite.export.bundle import read_manifest, verify_bundle
+    from kardlite.bundle_format import read_manifest, verify_bundle
 
     manifest = read_manifest(bundle_dir)
     extra = verify_bundle(bundle_dir, manifest, allow_extra=allow_extra, trusted_key=trusted_key)

@@ -256,7 +256,7 @@ def _meta_json(p: Passage) -> str:
 
 # ------------------------------------------------------------------------------------------------ the bundle
 def _is_bundle(path: Path) -> bool:
-    from kardlite.export.bundle import KIND, MANIFEST
+    from kardlite.bundle_format import KIND, MANIFEST
 
     try:
         return (path / MANIFEST).is_file() and read_json(path / MANIFEST).get("kind") == KIND
@@ -265,7 +265,7 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _update_bundle(src: Path, dst: Path, add: list[Passage], remove: list[str], progress: bool) -> dict[str, int]:
-    from kardlite.export.bundle import KB_DIR, read_manifest, seal_bundle, verify_bundle
+    from kardlite.bundle_format import KB_DIR, read_manifest, seal_bundle, verify_bundle
 
     manifest = read_manifest(src)
     verify_bundle(src, manifest)
@@ -278,7 +278,7 @@ def _update_bundle(src: Path, dst: Path, add: list[Passage], remove: list[str], 
     counts = _update_kb(src / kb_rel, dst / kb_rel, add, remove, progress)
     if cache_rel:
         from kardlite.kb import KnowledgeBase
-        from kardlite.rerank.model import Reranker
+        from kardlite.rerank import Reranker
 
         reranker = Reranker.load(src / rr["dir"], backend="onnx")
         kb = KnowledgeBase.load(dst / kb_rel, verify=False)

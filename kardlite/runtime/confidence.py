@@ -212,7 +212,7 @@ def install_calibrator(bundle: str | Path, calibrator: Calibrator) -> Path:
         The calibrator file.
     """
     from kardlite._io import atomic_write_json
-    from kardlite.export.bundle import MANIFEST, read_manifest, seal_bundle, verify_bundle
+    from kardlite.bundle_format import MANIFEST, read_manifest, seal_bundle, verify_bundle
     from kardlite.kb.update import rewrite_folder
 
     def edit(old: Path, new: Path) -> None:

@@ -29,9 +29,9 @@ import numpy as np
 
 from kardlite._io import read_json, sha256_file
 from kardlite.answers import forced_context, option_continuations, parse_answer, rationale, vote
+from kardlite.bundle_format import KB_DIR, MANIFEST, bundle_settings, read_manifest, verify_bundle
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
-from kardlite.export.bundle import KB_DIR, MANIFEST, bundle_settings, read_manifest, verify_bundle
 from kardlite.gguf_student import GGUFStudent, letter_distribution
 from kardlite.kb.passage import Hit
 from kardlite.prompts import Segment, build_prompt
@@ -506,7 +506,7 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
     from kardlite._llama import load_llama
     from kardlite.export.schema import check_manifest
     from kardlite.kb import KnowledgeBase
-    from kardlite.rerank.model import Reranker
+    from kardlite.rerank import Reranker
 
     manifest = read_manifest(path)
     verify_bundle(path, manifest, hashes=verify, allow_extra=allow_extra, trusted_key=trusted_key)

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kardlite.errors import ArtifactError
-from kardlite.export.bundle import (
+from kardlite.bundle_format import (
     DIGEST_FILE,
     MANIFEST,
     SIGNATURE_FILE,
@@ -25,6 +24,7 @@ from kardlite.export.bundle import (
     verify_bundle,
     write_manifest,
 )
+from kardlite.errors import ArtifactError
 
 pytestmark = pytest.mark.slow
 
