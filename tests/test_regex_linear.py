@@ -62,6 +62,7 @@ SHAPED: dict[str, list[str]] = {
     "answers.py": ["answer" + " " * N + "x", "answer is" + " " * N + ":" + " " * N + "(" + " " * N,
                    "answer " * (N // 7), "answer: (" + " " * N + "b" + " " * N + "x", "Answer" + " " * N + "x",
                    "Answer is" + " " * N, " " * N + "Answer"],
+    "runtime/pipeline.py": ["\n" * N, "a\u2028" * (N // 2), "\x1c\x1d\x1e" * (N // 3)],
     "runtime/confidence.py": ["a" * N + ".", "word " * (N // 5), ". " * (N // 2)],
     "teacher/release.py": ["1" * N + ".jso", "1" * N],
     "rerank/train.py": ["cuda:" + "1" * N + "x", "cuda" * (N // 4)],
