@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 STUDENTS = ("ft", "ka-ft", "rd", "kard")  # trained, in this order (cheapest first: early rows on the page)
-SYSTEMS = ("base", "ft", "ka-ft", "rd", "kard-bm25", "kard-hybrid", "kard-reranker")
+# ft-rag: the FT student given KARD's hybrid test passages (KA-FT's prompt): plain retrieve-then-answer.
+SYSTEMS = ("base", "ft", "ft-rag", "ka-ft", "rd", "kard-bm25", "kard-hybrid", "kard-reranker")
+KARDS = ("kard-bm25", "kard-hybrid", "kard-reranker")
 RERANKERS = {  # CPU settings of docs/results/reranker-obqa.md
     "late-interaction": ["--kind", "late-interaction", "--dim", "128", "--epochs", "2", "--num-layers", "3",
                          "--lr", "2e-4", "--head-lr-mult", "10"],
@@ -58,6 +60,17 @@ class Run:
         self.obqa: Path = args.obqa
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "log.jsonl"
+        # What each finished part measured, small enough to commit (docs/results/obqa-full/ beside the page): the
+        # page is made from these alone, and a part with a committed result is never redone, so a lost run folder
+        # costs only the parts that had not finished.
+        self.results: Path = args.results or args.report.with_suffix("")
+        self.results.mkdir(parents=True, exist_ok=True)
+
+    def committed(self, system: str) -> Path:
+        return self.results / f"eval-{system}.jsonl"
+
+    def is_committed(self, system: str) -> bool:
+        return self.committed(system).is_file() and (self.results / f"eval-{system}.json").is_file()
 
     def cli(self, *argv: str) -> None:
         """Run one kardlite command (each resumes on its own) and log it."""
@@ -152,28 +165,77 @@ def _fact1_recall(run: Run, reranker: Path, pool: int = 20, k: int = 5) -> float
     return hits / len(items)
 
 
+def _needs(mode: str, systems: set[str]) -> list[str]:
+    """The asked systems that use the ``mode`` student."""
+    return [s for s in SYSTEMS if s in systems and (s == mode or s.startswith(mode + "-"))]
+
+
+def _student_done(run: Run, mode: str, systems: set[str]) -> bool:
+    """Every asked system of this student has a committed result, and so has its training: no need to train it."""
+    return (run.results / f"train-{mode}.json").is_file() and all(run.is_committed(s) for s in _needs(mode, systems))
+
+
 def stage_train(run: Run, systems: set[str]) -> None:
     a = run.args
     for mode in _modes(systems):
+        if _student_done(run, mode, systems):
+            print(f"{mode}: every result of this student is committed; not trained again", flush=True)
+            continue
         flags = ["--epochs", str(a.epochs), "--batch-size", "8", "--max-source-tokens", "384", "--lr", str(a.lr),
-                 "--save-every", str(a.save_every), "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0"]
+                 "--save-every", str(a.save_every), "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0",
+                 "--answer-format", a.answer_format]
         if a.max_steps:
             flags += ["--max-steps", str(a.max_steps)]
         if a.student:
             flags += ["--student", a.student]
         run.cli("train", "student", str(run.dir / f"{mode}.jsonl"), "--out", str(run.dir / f"student-{mode}"), *flags)
+        _commit_training(run, mode)
+
+
+def _commit_training(run: Run, mode: str) -> None:
+    """The finished student's training summary (time, tokens/s, losses) into the results folder."""
+    folder = run.dir / f"student-{mode}"
+    if not (folder / "manifest.json").is_file():
+        return
+    hist = json.loads((folder / "loss_curve.json").read_text(encoding="utf-8"))
+    # "seconds" restarts at 0 in each resumed session: add up the positive steps only.
+    secs = sum(h2["seconds"] - h1["seconds"] for h1, h2 in itertools.pairwise(hist) if h2["seconds"] >= h1["seconds"])
+    toks = sum(h.get("tokens", 0) for h in hist[1:])
+    info = json.loads((folder / "run_info.json").read_text(encoding="utf-8"))
+    summary = {"steps": len(hist), "finished": True, "tokens_per_s": toks / secs if secs else None,
+               "train_seconds": round(secs + (hist[0]["seconds"] if hist else 0), 1),
+               "first_loss": hist[0]["train_loss"] if hist else None,
+               "last_loss": hist[-1]["train_loss"] if hist else None,
+               "loss_curve": [[h["step"], h["train_loss"]] for h in hist], "student": info["student"],
+               "config": {k: info["config"].get(k) for k in ("lr", "epochs", "batch_size", "max_source_tokens",
+                                                             "answer_format", "lora_r", "freeze_layers")}}
+    _write_json(run.results / f"train-{mode}.json", summary)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def _eval_args(run: Run, system: str) -> list[str]:
     kb = str(run.dir / "kb")
     if system == "base":
-        return ["--model", run.args.student or "smollm2", "--mode", "ft"]
-    if system in ("ft", "rd"):
-        return ["--model", str(run.dir / f"student-{system}")]
+        return ["--model", run.args.student or "smollm2", "--mode", "ft", "--answer-scoring", run.args.scoring]
+    a = run.args
+    if system == "ft":
+        return ["--model", str(run.dir / "student-ft"), "--answer-scoring", a.scoring]
+    if system == "ft-rag":
+        return ["--model", str(run.dir / "student-ft"), "--mode", "ka-ft", "--kb", kb, "--retriever", "hybrid",
+                "--answer-scoring", a.scoring]
+    if system == "rd":
+        return ["--model", str(run.dir / "student-rd"), "--answer-scoring", a.rationale_scoring]
     if system == "ka-ft":
-        return ["--model", str(run.dir / "student-ka-ft"), "--kb", kb, "--retriever", "bm25"]
+        return ["--model", str(run.dir / "student-ka-ft"), "--kb", kb, "--retriever", "bm25",
+                "--answer-scoring", a.scoring]
     retriever = system.split("-", 1)[1]
-    out = ["--model", str(run.dir / "student-kard"), "--kb", kb, "--retriever", retriever]
+    out = ["--model", str(run.dir / "student-kard"), "--kb", kb, "--retriever", retriever,
+           "--answer-scoring", a.rationale_scoring]
     if retriever == "reranker":
         kind = json.loads((run.dir / "reranker-choice.json").read_text(encoding="utf-8"))["chosen"]
         out += ["--reranker", str(run.dir / f"reranker-{kind}"), "--first-stage", "hybrid", "--pool", "20"]
@@ -184,29 +246,62 @@ def stage_curves(run: Run, systems: set[str]) -> None:
     from kardlite.distill.train import list_snapshots, snapshot_model
 
     dev = run.split_file("dev", run.args.dev_limit)
+    path = run.results / "curves.json"
+    curves: dict[str, list[dict[str, Any]]] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     for mode in STUDENTS:
         system = "kard-bm25" if mode == "kard" else mode
         if system not in systems or not (run.dir / f"student-{mode}" / "manifest.json").is_file():
             continue
         for step in list_snapshots(run.dir / f"student-{mode}"):
+            if any(p["step"] == step for p in curves.get(system, [])):
+                continue
             model = snapshot_model(run.dir / f"student-{mode}", step, run.dir / "snapshots" / f"{mode}-{step:06d}")
             args = _eval_args(run, system)
             args[args.index("--model") + 1] = str(model)
-            run.cli("eval", *args, "--tasks", str(dev), "--out", str(run.dir / "curves" / f"{system}-{step:06d}"),
-                    "--batch-size", "16")
+            out = run.dir / "curves" / f"{system}-{step:06d}"
+            run.cli("eval", *args, "--tasks", str(dev), "--out", str(out), "--batch-size", "16")
+            m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            curves.setdefault(system, []).append({"step": step, "dev_accuracy": m["accuracy"], "n": m["n"]})
+            curves[system].sort(key=lambda c: c["step"])
+            _write_json(path, curves)
 
 
 def stage_eval(run: Run, systems: set[str]) -> None:
     test = run.split_file("test", run.args.test_limit)
+    facts = _fact1(run.obqa / "Additional" / "test_complete.jsonl")
     for system in SYSTEMS:
-        if system not in systems:
+        if system not in systems or run.is_committed(system):
             continue
-        mode = "kard" if system.startswith("kard") else system
+        mode = "kard" if system.startswith("kard") else system.split("-rag")[0]
         if system != "base" and not (run.dir / f"student-{mode}" / "manifest.json").is_file():
             print(f"skip {system}: its student is not trained yet", flush=True)
             continue
         run.cli("eval", *_eval_args(run, system), "--tasks", str(test), "--out", str(run.dir / f"eval-{system}"),
                 "--batch-size", "16")
+        _commit_eval(run, system, facts)
+
+
+def _commit_eval(run: Run, system: str, facts: dict[str, str]) -> None:
+    """A finished system's per-question predictions (compact JSONL) and settings into the results folder."""
+    d = run.dir / f"eval-{system}"
+    settings = json.loads((d / "eval.json").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    if len(rows) != len(settings["items"]):
+        return  # not finished: nothing is committed
+    lines = []
+    for r in rows:
+        texts = {_norm(p["text"]) for p in r["passages"]}
+        lines.append(json.dumps({"id": r["id"], "gold": r["gold"], "prediction": r["prediction"],
+                                 "correct": r["correct"], "invalid": r["invalid"], "forced": bool(r.get("forced")),
+                                 "contradiction": bool(r.get("contradiction")),
+                                 "fact1_shown": facts.get(r["id"], "\0") in texts if settings.get("n_docs") else None,
+                                 "passages": [p["id"] for p in r["passages"]]}, separators=(",", ":")))
+    tmp = run.committed(system).with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(run.committed(system))
+    keep = ("mode", "student", "answer_scoring", "decoding", "n_docs", "retriever", "first_stage", "pool",
+            "max_new_tokens", "max_source_tokens", "backend")
+    _write_json(run.results / f"eval-{system}.json", {**{k: settings.get(k) for k in keep}, "n": len(rows)})
 
 
 # ----------------------------------------------------------------------------- the report
@@ -259,45 +354,44 @@ def mcnemar_p(a: list[bool], b: list[bool]) -> float:
 
 
 def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
-    facts = _fact1(run.obqa / "Additional" / "test_complete.jsonl")
+    """The page and its JSON from the committed results alone (a part without one is shown as not finished)."""
     systems: dict[str, Any] = {}
     correct: dict[str, dict[str, bool]] = {}
     for system in SYSTEMS:
-        d = run.dir / f"eval-{system}"
-        settings_path, preds = d / "eval.json", d / "predictions.jsonl"
-        if not preds.is_file():
+        if not run.is_committed(system):
             continue
-        settings = json.loads(settings_path.read_text(encoding="utf-8"))
-        rows = [json.loads(x) for x in preds.read_text(encoding="utf-8").splitlines() if x.strip()]
-        n_all = len(settings["items"])
+        settings = json.loads((run.results / f"eval-{system}.json").read_text(encoding="utf-8"))
+        rows = [json.loads(x) for x in run.committed(system).read_text(encoding="utf-8").splitlines() if x.strip()]
         acc = [r["correct"] for r in rows]
-        lo, hi = bootstrap_ci(acc) if rows else (None, None)
-        shown = [facts.get(r["id"], "\0") in {_norm(p["text"]) for p in r["passages"]} for r in rows]
+        lo, hi = bootstrap_ci(acc)
+        shown = [bool(r["fact1_shown"]) for r in rows]
         with_fact = [r["correct"] for r, s in zip(rows, shown, strict=True) if s]
         without = [r["correct"] for r, s in zip(rows, shown, strict=True) if not s]
         letters: dict[str, int] = {}
         for r in rows:
             letters[r["prediction"] or "-"] = letters.get(r["prediction"] or "-", 0) + 1
+        knowledge = bool(settings.get("n_docs"))
         systems[system] = {
-            "n": len(rows), "complete": len(rows) == n_all, "of": n_all,
-            "accuracy": sum(acc) / len(rows) if rows else None, "ci_low": lo, "ci_high": hi,
-            "invalid_rate": sum(r["invalid"] for r in rows) / len(rows) if rows else None,
-            "forced_rate": sum(bool(r.get("forced")) for r in rows) / len(rows) if rows else None,
-            "contradiction_rate": sum(bool(r.get("contradiction")) for r in rows) / len(rows) if rows else None,
+            "n": len(rows), "complete": True, "of": settings["n"],
+            "accuracy": sum(acc) / len(rows), "ci_low": lo, "ci_high": hi,
+            "invalid_rate": sum(r["invalid"] for r in rows) / len(rows),
+            "forced_rate": sum(r["forced"] for r in rows) / len(rows),
+            "contradiction_rate": sum(r["contradiction"] for r in rows) / len(rows),
             "letters": dict(sorted(letters.items())),
-            "fact1_shown_rate": sum(shown) / len(rows) if rows and settings.get("n_docs") else None,
-            "accuracy_fact1_shown": sum(with_fact) / len(with_fact) if with_fact and settings.get("n_docs") else None,
-            "accuracy_fact1_not_shown": sum(without) / len(without) if without and settings.get("n_docs") else None,
+            "fact1_shown_rate": sum(shown) / len(rows) if knowledge else None,
+            "accuracy_fact1_shown": sum(with_fact) / len(with_fact) if with_fact and knowledge else None,
+            "accuracy_fact1_not_shown": sum(without) / len(without) if without and knowledge else None,
             "answer_scoring": settings.get("answer_scoring"), "decoding": settings.get("decoding"),
             "n_docs": settings.get("n_docs"), "retriever": settings.get("retriever"),
+            "backend": settings.get("backend"),
         }
         correct[system] = {r["id"]: r["correct"] for r in rows}
     comparisons = {}
-    kards = [s for s in ("kard-bm25", "kard-hybrid", "kard-reranker") if systems.get(s, {}).get("complete")]
+    kards = [s for s in KARDS if s in systems]
     best = max(kards, key=lambda s: systems[s]["accuracy"]) if kards else None
     if best:
-        for other in ("ft", "ka-ft", "rd", "base"):
-            if not systems.get(other, {}).get("complete"):
+        for other in ("ft", "ft-rag", "ka-ft", "rd", "base"):
+            if other not in systems:
                 continue
             ids = sorted(set(correct[best]) & set(correct[other]))
             a, b = [correct[best][i] for i in ids], [correct[other][i] for i in ids]
@@ -306,26 +400,18 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
                                                  "ci_high": hi, "mcnemar_p": mcnemar_p(a, b), "n": len(ids)}
     training = {}
     for mode in STUDENTS:
-        curve = run.dir / f"student-{mode}" / "loss_curve.json"
-        if curve.is_file():
-            hist = json.loads(curve.read_text(encoding="utf-8"))
-            manifest = run.dir / f"student-{mode}" / "manifest.json"
-            # "seconds" restarts at 0 in each resumed session: add up the positive steps only.
-            secs = sum(h2["seconds"] - h1["seconds"] for h1, h2 in itertools.pairwise(hist)
-                       if h2["seconds"] >= h1["seconds"])
-            toks = sum(h.get("tokens", 0) for h in hist[1:])
-            training[mode] = {"steps": len(hist), "finished": manifest.is_file(),
-                              "tokens_per_s": toks / secs if secs else None,
-                              "train_seconds": round(secs + (hist[0]["seconds"] if hist else 0), 1),
-                              "first_loss": hist[0]["train_loss"] if hist else None,
+        summary = run.results / f"train-{mode}.json"
+        if summary.is_file():
+            t = json.loads(summary.read_text(encoding="utf-8"))
+            training[mode] = {k: t[k] for k in ("steps", "finished", "tokens_per_s", "train_seconds", "first_loss",
+                                                "last_loss")}
+        elif (run.dir / f"student-{mode}" / "loss_curve.json").is_file():  # running: progress only, no result
+            hist = json.loads((run.dir / f"student-{mode}" / "loss_curve.json").read_text(encoding="utf-8"))
+            training[mode] = {"steps": len(hist), "finished": False, "tokens_per_s": None,
+                              "train_seconds": hist[-1]["seconds"] if hist else 0, "first_loss": None,
                               "last_loss": hist[-1]["train_loss"] if hist else None}
-    curves: dict[str, list[dict[str, Any]]] = {}
-    for d in sorted((run.dir / "curves").glob("*")) if (run.dir / "curves").is_dir() else []:
-        metrics = d / "metrics.json"
-        if metrics.is_file():
-            system, step = d.name.rsplit("-", 1)
-            m = json.loads(metrics.read_text(encoding="utf-8"))
-            curves.setdefault(system, []).append({"step": int(step), "dev_accuracy": m["accuracy"], "n": m["n"]})
+    curves_path = run.results / "curves.json"
+    curves = json.loads(curves_path.read_text(encoding="utf-8")) if curves_path.is_file() else {}
     result = {"systems": systems, "comparisons": comparisons, "best_kard": best, "training": training,
               "curves": curves, "settings": {k: str(v) for k, v in vars(run.args).items()}}
     out_md.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +422,11 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
             "_Generated by `bench/distill/obqa_full.py --stage report` from the run folder; the numbers are also in "
             f"[`{out_md.stem}.json`]({out_md.stem}.json). Rows marked running or not run yet are parts of the run "
             "that have not finished: re-running the same command continues it._", "",
-            "## Set-up", "", *SETUP, "", "## Results", "", render_tables(result)]
+            "## Set-up", "", *SETUP,
+            f"- Recipe of this run: answer format `{run.args.answer_format}`, answer-only systems scored by "
+            f"`{run.args.scoring}`, RD and KARD by `{run.args.rationale_scoring}`, lr {run.args.lr}, "
+            f"{run.args.epochs} epoch(s), `--per-item {run.args.per_item} --select {run.args.select}`.",
+            "", "## Results", "", render_tables(result)]
     if notes.is_file():
         page += ["", notes.read_text(encoding="utf-8")]
     out_md.write_text("\n".join(page).rstrip() + "\n", encoding="utf-8")
@@ -352,10 +442,15 @@ SETUP = [
     "tokens; target budget from the data (<= 1% cut); snapshots every 155 steps for the dev curves.",
     "- Examples: one rationale per question, the shortest kept one (`--per-item 1 --select shortest`); KARD and KA-FT "
     "show the 3 passages that BM25 retrieves with that rationale; KA-FT is KARD without the rationale in the target.",
-    "- Test: FT, KA-FT and base by letter likelihood after `Answer:`; RD and KARD greedy, generation cap above the "
-    "longest training target, answer parsed (letter or option text) and forced by letter likelihood after "
-    "`\\nAnswer:` when the output has none (counted as forced). KARD's test passages: BM25, hybrid, or the "
-    "reranker over a hybrid pool of 20 (the kind with the better fact1 R@5 on OBQA dev).",
+    "- Test: FT, KA-FT, ft-rag and base pick their answer by likelihood after `Answer:` (the letter, or the "
+    "option's text: the recipe line below); RD and KARD decode greedily (generation cap above the longest "
+    "training target) and their answer is parsed from the output (forced by likelihood after `\\nAnswer:` when "
+    "it has none, counted as forced), or scored by option text after the generated rationale. KARD's test "
+    "passages: BM25, hybrid, or the reranker over a hybrid pool of 20 (the kind with the better fact1 R@5 on OBQA "
+    "dev). ft-rag is the FT student shown KARD's hybrid passages (the KA-FT prompt): plain retrieve-then-answer.",
+    "- Every finished part is committed under `docs/results/obqa-full/` (per-question predictions as compact "
+    "JSONL, training summaries, curves); this page is made from those files alone, and a part with a committed "
+    "result is never redone.",
     "- Statistics: 95% CI by bootstrap over questions (10,000 resamples; paired for differences), exact McNemar on "
     "the discordant questions.",
     "- Command: `OMP_NUM_THREADS=2 .venv/bin/python bench/distill/obqa_full.py` (add `--systems ...` for a part).",
@@ -422,6 +517,14 @@ def main() -> None:
     p.add_argument("--dev-limit", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "results" / "obqa-full.md")
+    p.add_argument("--results", type=Path, default=None,
+                   help="committed per-part results (default: the report's name as a folder beside it)")
+    p.add_argument("--answer-format", default="letter", choices=["letter", "text", "both"],
+                   help="what the students' targets write after 'Answer:' (the recipe: docs/results/obqa-recipe.md)")
+    p.add_argument("--scoring", default="letter", choices=["letter", "text"],
+                   help="how answer-only systems (base, ft, ft-rag, ka-ft) pick their answer")
+    p.add_argument("--rationale-scoring", default="generated", choices=["generated", "text"],
+                   help="how rd and kard pick theirs: the generated answer line, or option text after the rationale")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,24 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     assert {c["step"] for c in result["curves"]["kard-bm25"]} == {2, 4}
     assert set(result["comparisons"]) == {"kard-bm25 vs ft"}
     assert all(0 <= c["mcnemar_p"] <= 1 for c in result["comparisons"].values())
+
+    # A later sitting on another machine: the run folder is gone, the committed results are not. The page comes
+    # back the same from them, and nothing with a committed result is trained or evaluated again.
+    committed = tmp_path / "obqa-full"
+    assert sorted(p.name for p in committed.iterdir()) == [
+        "curves.json", "eval-ft.json", "eval-ft.jsonl", "eval-kard-bm25.json", "eval-kard-bm25.jsonl",
+        "train-ft.json", "train-kard.json"]
+    page = report.read_text()
+    shutil.rmtree(run)
+    again = subprocess.run([*cmd, "--stage", "train"], env=env, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("not trained again") == 2 and not (run / "student-ft").exists()
+    rebuilt = subprocess.run([*cmd, "--stage", "report"], env=env, capture_output=True, text=True, timeout=600,
+                             check=False)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert report.read_text() == page and json.loads(report.with_suffix(".json").read_text())["systems"] == \
+        result["systems"]
 
 
 def test_mcnemar_and_bootstrap():
