@@ -23,23 +23,23 @@
 
 Results go to ``predictions.jsonl`` append-only (an interrupted evaluation resumes where it stopped),
 ``metrics.json`` and ``eval.json`` (the settings) in the output directory.
+
+By concern: this module runs an evaluation (settings, retrieval, resuming, reading answers); the PyTorch model calls
+are :mod:`kardlite.distill.scoring`, the results files, metrics and reports :mod:`kardlite.distill.report` (their
+names stay importable from here).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kardlite._io import atomic_write_json, atomic_write_text
+from kardlite._io import atomic_write_json
 from kardlite.answers import (
-    answer_done,
     forced_context,
     option_continuations,
     parse_answer,
@@ -47,8 +47,19 @@ from kardlite.answers import (
     stated_answers,
     vote,
 )
-from kardlite.answers import letter_token_ids as prompt_letter_ids
 from kardlite.data.records import LETTERS, QAItem
+
+# Split by concern, every name still importable from here: results files, metrics and reports (report); the
+# PyTorch model calls (scoring).
+from kardlite.distill.report import METRICS, PREDICTIONS, SETTINGS, _read_done, summarize, write_report
+from kardlite.distill.scoring import (
+    decode_until_stop,
+    generate,
+    letter_token_ids,
+    score_continuations,
+    score_letters,
+    score_option_texts,
+)
 from kardlite.distill.student import Student, load_student
 from kardlite.errors import ArtifactError, InputError
 from kardlite.kb.passage import Passage
@@ -56,9 +67,10 @@ from kardlite.prompts import ANSWER_ONLY_MODES, KNOWLEDGE_MODES, AnswerFormat, M
 from kardlite.settings import DEFAULTS, FIRST_STAGES, InferenceSettings
 
 Retrieve = Callable[[QAItem, int], list[Passage]]
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
-SETTINGS = "eval.json"
+
+__all__ = ["METRICS", "PREDICTIONS", "SETTINGS", "EvalConfig", "Retrieve", "decode_until_stop", "evaluate", "generate",
+           "letter_token_ids", "make_retriever", "option_continuations", "score_continuations", "score_letters",
+           "score_option_texts", "summarize", "vote", "write_report"]
 
 
 @dataclass
@@ -167,189 +179,7 @@ def _load_reranker(path: str | Path) -> Any:
 
 
 
-# ----------------------------------------------------------------------------- model calls
-
-
-def _left_pad(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
-    import torch
-
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, n - len(s):] = torch.tensor(s)
-        mask[i, n - len(s):] = 1
-    return ids, mask
-
-
-def _right_pad(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
-    import torch
-
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def letter_token_ids(student: Student, n_options: int) -> list[int]:
-    """The token that starts the target `` X`` for each option letter (what an FT student learnt to write)."""
-    return prompt_letter_ids(student.encode, n_options)
-
-
-def score_letters(student: Student, prompts: list[list[int]], n_options: list[int]) -> list[list[float]]:
-    """Log-probabilities of each option letter as the next token after each prompt."""
-    import torch
-
-    model, tok = student.model, student.tokenizer
-    with torch.no_grad():
-        if student.kind == "seq2seq":
-            ids, mask = _right_pad(prompts, tok.pad_token_id)
-            start = model.config.decoder_start_token_id
-            dec = torch.full((len(prompts), 1), start, dtype=torch.long)
-            logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]
-        else:
-            ids, mask = _left_pad(prompts, tok.pad_token_id)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-    out = []
-    for row, n in zip(logp, n_options, strict=True):
-        letters = letter_token_ids(student, n)
-        out.append([float(row[t]) for t in letters])
-    return out
-
-
-def score_option_texts(student: Student, prompts: list[list[int]], options: list[Sequence[str]],
-                       answer_format: AnswerFormat = "letter") -> list[list[float]]:
-    """Mean log-likelihood of each option's answer as the continuation of each prompt: `` <text>``, or
-    `` (X) <text>`` for a student trained on the ``both`` format.
-
-    Small models tie letters to options poorly; the option's own words are often the better read of what they
-    mean. Causal students only.
-    """
-    conts = option_continuations(options, answer_format)
-    return [[mean for mean, _ in row] for row in score_continuations(student, prompts, conts)]
-
-
-def score_continuations(student: Student, prompts: list[list[int]], continuations: list[Sequence[str]]
-                        ) -> list[list[tuple[float, float]]]:
-    """(mean, total) log-likelihood of each continuation text after its prompt, tokenised as plain text."""
-    import torch
-
-    if student.kind != "causal":
-        raise InputError("continuation scoring needs a causal (decoder-only) student", field="answer_scoring")
-    seqs, spans = [], []
-    for prompt, conts in zip(prompts, continuations, strict=True):
-        for text in conts:
-            cont = student.encode(text, special=False) or student.encode(text.strip(), special=False)
-            seqs.append(prompt + cont)
-            spans.append(len(cont))
-    out: list[tuple[float, float]] = []
-    model, tok = student.model, student.tokenizer
-    with torch.no_grad():
-        for i in range(0, len(seqs), 16):
-            part, lens = seqs[i:i + 16], spans[i:i + 16]
-            ids, mask = _left_pad(part, tok.pad_token_id)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            keep = max(lens) + 1
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -keep:-1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for row, n in enumerate(lens):
-                targets = ids[row, -n:]
-                picked = logp[row, -n:].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                out.append((float(picked.mean()), float(picked.sum())))
-    result, pos = [], 0
-    for conts in continuations:
-        result.append(out[pos:pos + len(conts)])
-        pos += len(conts)
-    return result
-
-
-def decode_until_stop(tokenizer: Any, seqs: list[list[int]], stop_ids: Sequence[int]) -> list[str]:
-    """Decode each generated sequence up to (not including) its first stop token.
-
-    Skipping special tokens instead would glue ``Answer: B`` to whatever the model wrote after its eos
-    (``Answer: Buser``), which no longer parses.
-    """
-    out = []
-    for seq in seqs:
-        end = next((i for i, t in enumerate(seq) if t in stop_ids), len(seq))
-        out.append(tokenizer.decode(seq[:end], skip_special_tokens=True))
-    return out
-
-
-def generate(student: Student, prompts: list[list[int]], n_options: list[int],
-             cfg: EvalConfig | InferenceSettings) -> list[list[str]]:
-    """Generate one (greedy) or ``cfg.samples`` (self-consistency) outputs per prompt; returns texts per prompt."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    cfg = cfg if isinstance(cfg, InferenceSettings) else cfg.settings()
-    model, tok = student.model, student.tokenizer
-    n_ret = cfg.samples if cfg.decoding == "sc" else 1
-    if student.kind == "seq2seq":
-        ids, mask = _right_pad(prompts, tok.pad_token_id)
-        skip = 1  # the decoder start token
-    else:
-        ids, mask = _left_pad(prompts, tok.pad_token_id)
-        skip = ids.shape[1]
-    row_options = [n for n in n_options for _ in range(n_ret)]
-    # A student is trained to end its target with the tokenizer's eos token, which need not be the model's
-    # generation eos (SmolLM2 from GGUF: <|im_start|> vs <|im_end|>): stop on either.
-    gen_eos = model.generation_config.eos_token_id
-    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-    stop_ids = sorted({i for i in [tok.eos_token_id, *gen_eos] if i is not None})
-
-    def _texts(seqs: Any) -> list[str]:
-        return decode_until_stop(tok, seqs.tolist(), stop_ids)
-
-    class _StopAtAnswer(StoppingCriteria):
-        # Stop a row once it has written a complete "Answer: X": the rest would be discarded anyway.
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            texts = _texts(input_ids[:, skip:])
-            ended = [bool(set(row) & set(stop_ids)) for row in input_ids[:, skip:].tolist()]
-            return torch.tensor([e or answer_done(t, n) for t, e, n in zip(texts, ended, row_options, strict=True)],
-                                dtype=torch.bool, device=input_ids.device)
-
-    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
-                              "eos_token_id": stop_ids, "stopping_criteria": StoppingCriteriaList([_StopAtAnswer()])}
-    if cfg.decoding == "sc":
-        kwargs.update(do_sample=True, top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature,
-                      num_return_sequences=cfg.samples)
-    else:
-        kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    texts = _texts(out[:, skip:])
-    return [texts[i * n_ret:(i + 1) * n_ret] for i in range(len(prompts))]
-
-
 # ----------------------------------------------------------------------------- the evaluation
-
-
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows already written; a torn last line (a crash mid-write) is cut off so appending stays valid."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    done: dict[str, dict[str, Any]] = {}
-    good_end = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not line.endswith(b"\n"):
-            break
-        done[row["id"]] = row
-        good_end += len(line)
-    if good_end != len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(good_end)
-    return done
 
 
 class _Engine:
@@ -600,102 +430,3 @@ def _read_answers(engine: _Engine | Student, batch: Sequence[QAItem], ids: list[
             votes[q][k] = max(range(len(sc)), key=sc.__getitem__)
             forced[q][k] = scoring == "generated"
     return votes, forced, contradictions
-
-
-def summarize(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    """Metrics of evaluated rows: accuracy, invalid/forced/contradiction rates, letter counts."""
-    n = len(rows)
-    correct = sum(r["correct"] for r in rows)
-    invalid = sum(r["invalid"] for r in rows)
-    forced = sum(bool(r.get("forced")) for r in rows)
-    all_votes = [v for r in rows for v in r["votes"]]
-    return {
-        "name": settings["name"], "mode": settings["mode"], "n": n,
-        "accuracy": round(correct / n, 4) if n else None, "correct": correct,
-        "invalid_rate": round(invalid / n, 4) if n else None, "invalid": invalid,
-        "forced_rate": round(forced / n, 4) if n else None, "forced": forced,
-        "contradiction_rate": round(sum(bool(r.get("contradiction")) for r in rows) / n, 4) if n else None,
-        "invalid_output_rate": round(sum(v is None for v in all_votes) / max(len(all_votes), 1), 4),
-        "letters": dict(sorted(Counter(r["prediction"] or "-" for r in rows).items())),
-        "decoding": settings["decoding"] or "likelihood", "samples": settings["samples"],
-        "answer_scoring": settings.get("answer_scoring"), "max_new_tokens": settings.get("max_new_tokens"),
-        "retriever": settings["retriever"], "n_docs": settings["n_docs"],
-        "max_source_tokens": settings["max_source_tokens"],
-        "trimmed_prompts": sum(r["trimmed"] for r in rows),
-        "mean_prompt_tokens": round(sum(r["n_prompt_tokens"] for r in rows) / n, 1) if n else None,
-    }
-
-
-# ----------------------------------------------------------------------------- reports
-
-def _partial_metrics(run_dir: Path) -> dict[str, Any]:
-    """Metrics of an evaluation that has not finished, from the rows written so far (marked partial)."""
-    settings = json.loads((run_dir / SETTINGS).read_text(encoding="utf-8"))
-    rows = list(_read_done(run_dir / PREDICTIONS).values())
-    metrics = {**summarize(rows, settings), "student": settings.get("student"), "items": settings["items"]}
-    metrics["name"] = f"{settings['name']} (partial: {len(rows)}/{len(settings['items'])})"
-    return metrics
-
-
-_REPORT_COLUMNS = ("name", "mode", "student", "retriever", "n_docs", "decoding", "answer_scoring", "n", "accuracy",
-                   "invalid_rate", "forced_rate", "contradiction_rate", "trimmed_prompts")
-
-
-def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Put several evaluated systems side by side: a markdown table at ``out`` and a CSV beside it.
-
-    Args:
-        run_dirs: evaluation output folders (each with ``metrics.json``).
-        out: the markdown file to write (``.csv`` with the same stem is written too).
-
-    Returns:
-        The markdown path.
-
-    Raises:
-        ArtifactError: a folder without ``metrics.json``.
-
-    Runs over different question sets are still tabulated, but the table gets a warning line (and a
-    ``UserWarning`` is issued): their accuracies are not comparable.
-    """
-    import warnings
-
-    rows, question_sets, partial = [], [], []
-    for d in run_dirs:
-        path, settings = Path(d) / METRICS, Path(d) / SETTINGS
-        if path.is_file():
-            rows.append(json.loads(path.read_text(encoding="utf-8")))
-            partial.append(False)
-        elif (Path(d) / PREDICTIONS).is_file() and settings.is_file():
-            rows.append(_partial_metrics(Path(d)))
-            partial.append(True)
-        else:
-            raise ArtifactError(f"{d}: no {METRICS} (run `kardlite eval` first, or let it finish)")
-        if settings.is_file():
-            question_sets.append(tuple(json.loads(settings.read_text(encoding="utf-8"))["items"]))
-    out = Path(out)
-    notes = []
-    if len(rows) > 1 and (len(set(question_sets)) > 1 or any(partial)):
-        counts = ", ".join(f"{r['name']}: {r['n']}" for r in rows)
-        notes.append(f"> Warning: these runs are not over the same questions ({counts}); their accuracies are not "
-                     "directly comparable.")
-        warnings.warn(notes[-1][2:], UserWarning, stacklevel=2)
-
-    def cell(row: dict[str, Any], col: str) -> str:
-        value = row.get(col)
-        if value is None:
-            return "-"
-        if col in ("accuracy", "invalid_rate", "forced_rate", "contradiction_rate"):
-            return f"{100 * value:.1f}%"
-        return str(value)
-
-    lines = ["| " + " | ".join(_REPORT_COLUMNS) + " |", "|" + "---|" * len(_REPORT_COLUMNS)]
-    lines += ["| " + " | ".join(cell(r, c) for c in _REPORT_COLUMNS) + " |" for r in rows]
-    if notes:
-        lines += ["", *notes]
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(_REPORT_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
-    return out
