@@ -51,6 +51,9 @@ def test_every_cli_default_is_its_settings_or_training_default() -> None:
                 checked += 1
             elif path == "train student" and param.name == "full":
                 assert default is (not StudentTrainConfig().lora)
+            elif param.name in inference and path == "rerank search":  # concrete defaults, or None: resolved
+                assert default in (None, inference[param.name]), (path, param.name)
+                checked += 1
             elif param.name in inference and path in ("eval", "export bundle", "ask"):
                 # None: resolved from the student's (or bundle's) settings, whose defaults are the dataclass's
                 assert default is None, (path, param.name, default)

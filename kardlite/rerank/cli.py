@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from kardlite._cli import FirstStage, cli_errors, renamed
+from kardlite._cli import FirstStage, cli_errors, renamed, setting_option
 from kardlite.errors import InputError
+from kardlite.settings import DEFAULTS
 
 app = typer.Typer(help="The KARD reranker: search a knowledge base through it, export it to ONNX. Train it with "
                        "`kardlite train reranker`; evaluate a student with it: `kardlite eval --retriever reranker`.",
@@ -140,14 +141,14 @@ def search(
     query: Annotated[str, typer.Argument(help="The query (a linearised question).")],
     kb: Annotated[Path, typer.Option(help="Knowledge-base folder.", exists=True)],
     reranker: Annotated[Path, typer.Option(help="Reranker folder (torch) or its ONNX export.", exists=True)],
-    k: Annotated[int, typer.Option("-k", help="Passages to keep.")] = 5,
-    first_stage: Annotated[FirstStage, typer.Option(help="What retrieves the pool.")] = FirstStage.hybrid,
-    pool: Annotated[int, typer.Option(help="First-stage candidates to rerank.")] = 50,
+    n_docs: Annotated[int, typer.Option("--n-docs", "-k", help="Passages to keep.")] = DEFAULTS.n_docs,
+    first_stage: Annotated[FirstStage | None, setting_option("first_stage", default_note="auto")] = None,
+    pool: Annotated[int, typer.Option(help="First-stage candidates to rerank.")] = DEFAULTS.pool,
     backend: Annotated[Backend, typer.Option(help="auto: onnx when the folder has an ONNX model, else torch.")]
     = Backend.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON lines.")] = False,
 ) -> None:
-    """Retrieve a pool from the KB, rerank it, print the top k."""
+    """Retrieve a pool from the KB, rerank it, print the top n-docs."""
     from kardlite.kb import KnowledgeBase
     from kardlite.rerank.base import Reranker
     from kardlite.rerank.encoder import ONNX_NAMES
@@ -156,9 +157,12 @@ def search(
     name = backend.value
     if backend == Backend.auto:
         name = "onnx" if any((reranker / n).is_file() for n in ONNX_NAMES) else "torch"
-    rr = RerankRetriever(KnowledgeBase.load(kb), Reranker.load(reranker, backend=name),  # type: ignore[arg-type]
-                         first_stage=first_stage.value, pool=pool)  # type: ignore[arg-type]
-    for hit in rr(query, k):
+    kb_obj = KnowledgeBase.load(kb)
+    stage = DEFAULTS.updated(mode="kard", first_stage=first_stage.value if first_stage else None).resolve(
+        has_dense=kb_obj.has_dense).first_stage  # auto: hybrid with a dense index, else bm25 (as eval and bundles)
+    rr = RerankRetriever(kb_obj, Reranker.load(reranker, backend=name),  # type: ignore[arg-type]
+                         first_stage=stage, pool=pool)  # type: ignore[arg-type]
+    for hit in rr(query, n_docs):
         if as_json:
             typer.echo(json.dumps(hit, ensure_ascii=False))
         else:
