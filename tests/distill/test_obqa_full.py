@@ -59,7 +59,7 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     (hook / "sitecustomize.py").write_text(KILL_HOOK)
     # First sitting: killed mid-way through the KARD student's training, after step 3 (checkpoint at step 2).
     first = subprocess.run(cmd, env={**env, "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}", "KARDLITE_TEST_KILL_AT": "3"},
-                           capture_output=True, text=True, timeout=600, start_new_session=True, check=False)
+                           capture_output=True, text=True, timeout=1200, start_new_session=True, check=False)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     kard = run / "student-kard"
     assert json.loads((kard / "checkpoint" / "state.json").read_text())["step"] == 2
@@ -69,7 +69,7 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     ft_files = _files(run / "student-ft")
     logged = [json.loads(x)["cmd"][:2] for x in (run / "log.jsonl").read_text().splitlines()]
     # Second sitting: the same command finishes the work without redoing what was done.
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("resuming from step") == 1 and "resuming from step 2 of 4" in done.stdout
     history = json.loads((kard / "loss_curve.json").read_text())
