@@ -368,9 +368,15 @@ class Pipeline:
             letter_dists.append(letter_distribution(scores))
         return max(range(len(scores)), key=scores.__getitem__), s.answer_scoring == "generated"
 
-    def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int, prompt_ids: list[int],
-                letter_dists: list[np.ndarray]) -> Answer:
-        read = [self._read(t, opts, prompt_ids, letter_dists) if opts else (None, False) for t in texts]
+    def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int,
+                prompt_ids: list[int] | None = None, letter_dists: list[np.ndarray] | None = None) -> Answer:
+        """The Answer of generated ``texts``. Without ``prompt_ids`` the texts are only parsed (nothing to score
+        a forced or likelihood-read answer after)."""
+        if prompt_ids is None:
+            read = [(parse_answer(t, len(opts), opts), False) if opts else (None, False) for t in texts]
+        else:
+            dists = letter_dists if letter_dists is not None else []
+            read = [self._read(t, opts, prompt_ids, dists) if opts else (None, False) for t in texts]
         indices = [i for i, _ in read]
         votes: dict[str, int] | None = None
         if opts and samples > 1:
