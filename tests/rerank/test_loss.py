@@ -66,7 +66,7 @@ def test_non_positive_temperatures_are_rejected(bad: float) -> None:
     x = torch.zeros(1, 2)
     with pytest.raises(InputError, match=f"temperatures must be positive, got tau1={bad}, tau2=1"):
         rerank_loss(x, x, torch.ones(1, 2, dtype=torch.bool), tau1=bad)
-    with pytest.raises(InputError, match=f"temperatures must be positive, got tau1=1.0, tau2={bad}"):
+    with pytest.raises(InputError, match=rf"temperatures must be positive, got tau1=[0-9.]+, tau2={bad}"):
         rerank_loss(x, x, torch.ones(1, 2, dtype=torch.bool), tau2=bad)
     with pytest.raises(InputError, match=f"field 'tau1_end': temperatures must be positive and finite, got {bad}"):
         RerankTrainConfig(tau1_end=bad).validate()
