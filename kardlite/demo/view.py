@@ -84,6 +84,9 @@ def answer_markdown(answer: Mapping[str, Any] | None, *, streaming: bool = False
     elif answer.get("options"):
         if answer.get("letter"):
             text = f"### Answer: {answer['letter']}. {escape(str(answer.get('answer') or ''))}"
+            if answer.get("forced"):
+                text += ("\n*The student wrote no `Answer:` line; this option is the one it finds most likely after "
+                         "its rationale (a forced answer).*")
         else:
             text = "### No valid answer\nThe student did not end with `Answer: <letter>` (counted as wrong)."
     else:

@@ -81,14 +81,15 @@ def app_url(demo_bundle_fast: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def capped_app_url(demo_bundle_fast: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app on a copy of the fast bundle whose generation cap (3 tokens) is too short for an answer line: the
-    student never answers, on any CPU."""
+    """The app on a copy of the fast bundle whose generation cap (3 tokens) is too short for an answer line and
+    whose settings leave such an output unanswered (``no_answer="invalid"``, not forced): the student never
+    answers, on any CPU."""
     from kardlite.export.bundle import read_manifest, seal_bundle
 
     bundle = tmp_path_factory.mktemp("capped") / "bundle"
     shutil.copytree(demo_bundle_fast, bundle)
     manifest = read_manifest(bundle)
-    manifest["decoding"] = {**manifest["decoding"], "max_new_tokens": 3}
+    manifest["inference"] = {**manifest["inference"], "max_new_tokens": 3, "no_answer": "invalid"}
     seal_bundle(bundle, manifest)
     with _serve(bundle, bundle.parent / "app.log") as url:
         yield url
@@ -154,7 +155,8 @@ def _check_passages_and_timings(page) -> None:
 def test_example_question_shows_passages_rationale_and_answer(page) -> None:
     assert "not medical advice" in page.locator("#disclaimer").inner_text()
     item, answer = _ask_example(page)
-    # Either a letter with its own option text, or the app's notice: which one is the untrained model's luck.
+    # A letter with its own option text (written by the student, or forced by likelihood when it wrote no answer
+    # line, which the page then says), or the app's notice: which one is the untrained model's luck.
     match = re.search(r"Answer: ([A-D])\. (.+)", answer)
     if match:
         assert match.group(2).strip() == item.options["ABCD".index(match.group(1))]

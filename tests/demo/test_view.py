@@ -42,6 +42,8 @@ def test_answer_line_letter_invalid_and_votes() -> None:
     voted = view.answer_markdown(_answer(votes={"A": 1, "B": 3}, samples=["", "", "", "", ""]))
     assert "Votes over 5 samples: **B** 3, **A** 1, no letter 1" in voted
     assert view.answer_markdown(None, streaming=True)
+    assert "forced answer" in view.answer_markdown(_answer(forced=True))
+    assert "forced" not in view.answer_markdown(_answer(forced=False))
 
 
 def test_model_and_kb_text_is_escaped_and_shown_passages_highlighted() -> None:
