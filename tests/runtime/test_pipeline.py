@@ -280,8 +280,12 @@ def test_injected_role_markers_stay_text(pipe) -> None:
     assert roles(ids) == template_roles and injected.n_tokens == len(ids)  # the budget counts what is read
     # what the runtime did before: the whole rendered prompt with special tokens parsed
     assert roles(pipe._llm.tokenize(injected.text.encode(), add_bos=False, special=True))[0] > 3
-    ans = pipe.ask(f"Which is right?{INJECT}", [f"a{INJECT}", "b"], max_new_tokens=2)
-    assert ans["question"] == f"Which is right?{INJECT}"
+    # an option is one line of the prompt: the markers may stand in it, its line breaks may not
+    one_line = INJECT.replace("\n", " ")
+    ans = pipe.ask(f"Which is right?{INJECT}", [f"a{one_line}", "b"], max_new_tokens=2)
+    assert ans["question"] == f"Which is right?{INJECT}" and ans["options"] == [f"a{one_line}", "b"]
+    with pytest.raises(InputError, match="option A contains a line break"):
+        pipe.ask("Which is right?", [f"a{INJECT}", "b"], max_new_tokens=2)
 
 
 # Plain options mixed into the fuzzed ones, so that enough option lists are accepted (a fuzzed option with a line
@@ -299,9 +303,11 @@ def test_ask_fuzz(pipe) -> None:
     seen = {"answers": 0, "errors": 0}
 
     @fuzz_settings(cases=30)
-    @given(st.one_of(text, st.sampled_from(["", " ", "x" * 5000, INJECT, "\ud800?"])),
+    # Hostile and plain inputs mixed: the plain ones (a real question, distinct one-line words) must be answered.
+    @given(st.one_of(text, st.sampled_from(["", " ", "x" * 5000, INJECT, "\ud800?", "What does digoxin inhibit?"])),
            st.one_of(st.none(), st.lists(st.one_of(text, st.just(INJECT), st.sampled_from(WORDS)), max_size=11,
-                                         unique=True), st.just("ab")))
+                                         unique=True), st.just("ab"),
+                     st.lists(st.sampled_from(WORDS), min_size=2, max_size=4, unique=True)))
     def run(question, options) -> None:
         # the module's pipeline runs llama.cpp and onnxruntime on 2 threads (llama.cpp's spin while they wait)
         ans, err = attempt(pipe.ask, question, options, max_new_tokens=2, threads=2)
