@@ -40,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from kardlite._io import atomic_write_json, atomic_write_text  # noqa: E402  (the project's atomic writers)
+
 STUDENTS = ("ft", "ka-ft", "rd", "kard")  # trained, in this order (cheapest first: early rows on the page)
 # ft-rag: the FT student given KARD's hybrid test passages (KA-FT's prompt): plain retrieve-then-answer.
 SYSTEMS = ("base", "ft", "ft-rag", "ka-ft", "rd", "kard-bm25", "kard-hybrid", "kard-reranker")
@@ -209,13 +211,9 @@ def _commit_training(run: Run, mode: str) -> None:
                "loss_curve": [[h["step"], h["train_loss"]] for h in hist], "student": info["student"],
                "config": {k: info["config"].get(k) for k in ("lr", "epochs", "batch_size", "max_source_tokens",
                                                              "answer_format", "lora_r", "freeze_layers")}}
-    _write_json(run.results / f"train-{mode}.json", summary)
+    atomic_write_json(run.results / f"train-{mode}.json", summary)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def _eval_args(run: Run, system: str) -> list[str]:
@@ -263,7 +261,7 @@ def stage_curves(run: Run, systems: set[str]) -> None:
             m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
             curves.setdefault(system, []).append({"step": step, "dev_accuracy": m["accuracy"], "n": m["n"]})
             curves[system].sort(key=lambda c: c["step"])
-            _write_json(path, curves)
+            atomic_write_json(path, curves)
 
 
 def stage_eval(run: Run, systems: set[str]) -> None:
@@ -296,12 +294,10 @@ def _commit_eval(run: Run, system: str, facts: dict[str, str]) -> None:
                                  "contradiction": bool(r.get("contradiction")),
                                  "fact1_shown": facts.get(r["id"], "\0") in texts if settings.get("n_docs") else None,
                                  "passages": [p["id"] for p in r["passages"]]}, separators=(",", ":")))
-    tmp = run.committed(system).with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(run.committed(system))
+    atomic_write_text(run.committed(system), "\n".join(lines) + "\n")
     keep = ("mode", "student", "answer_scoring", "decoding", "n_docs", "retriever", "first_stage", "pool",
             "max_new_tokens", "max_source_tokens", "backend")
-    _write_json(run.results / f"eval-{system}.json", {**{k: settings.get(k) for k in keep}, "n": len(rows)})
+    atomic_write_json(run.results / f"eval-{system}.json", {**{k: settings.get(k) for k in keep}, "n": len(rows)})
 
 
 # ----------------------------------------------------------------------------- the report

@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from obqa_full import _fact1, _norm, bootstrap_ci  # noqa: E402  (the full run's statistics, one copy)
 
+from kardlite._io import atomic_write_text  # noqa: E402
+
 FORMATS = ("letter", "text", "both")
 LR = 5e-4  # the learning rate of every arm but the lr arm: the dev probes learnt at 5e-4 where 1e-3 did not
 # Arm name -> settings. "best" is resolved at run time: the answer format of the best finished answer-only arm.
@@ -195,10 +197,8 @@ def score(student: Any, items: list[Any], passages: list[list[Any]], mode: str, 
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows),
-                   encoding="utf-8")
-    tmp.replace(path)
+    """Compact JSONL (one line per question), written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
