@@ -56,6 +56,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "default+freeze15": {"freeze_layers": 15},
     "default+r8-attn": {"lora_r": 8, "lora_alpha": 16, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "default+ckpt": {"gradient_checkpointing": True},
+    "default+pack": {"pack": True},
+    "default+nogroup+pack": {"group_by_length": False, "pack": True},
+    "default+cap1024+pack": {"max_batch_tokens": 1024, "pack": True},
     "full-ft": {"lora": False, "lr": 1e-5},
 }
 

@@ -126,6 +126,9 @@ def train_student_cmd(
     = _TRAIN.group_by_length,
     freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")]
     = _TRAIN.freeze_layers,
+    pack: Annotated[bool, typer.Option(help="Decoders: several short examples per row instead of padding "
+                                            "(same loss; see bench/train_speed.py for when it pays).")]
+    = _TRAIN.pack,
     answer_format: Annotated[AnswerFormat, typer.Option(
         help="The answer after 'Answer:' in targets: the letter, the option's text, or both ('(B) text').")
     ] = _TRAIN_ANSWER_FORMAT,
@@ -148,7 +151,7 @@ def train_student_cmd(
     cfg = StudentTrainConfig(student=student, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                              grad_accum=grad_accum, max_source_tokens=max_source_tokens,
                              max_target_tokens=max_target_tokens, max_batch_tokens=max_batch_tokens,
-                             group_by_length=group_by_length, freeze_layers=freeze_layers, lora=not full,
+                             group_by_length=group_by_length, freeze_layers=freeze_layers, pack=pack, lora=not full,
                              lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, seed=seed,
                              dev_fraction=dev_fraction, save_every=save_every,
                              eval_every=eval_every, snapshot_every=snapshot_every,

@@ -65,6 +65,10 @@ class StudentTrainConfig:
     # setting measured (bench/train_speed.py: peak RSS ~7 GB at batch 8 of KARD rows); 512 keeps training under 3 GB.
     max_batch_tokens: int | None = 2048
     freeze_layers: int = 0  # train (LoRA or full) only decoder layers >= N: no backward through the lower ones
+    # Decoders: put several short examples in one row (positions restart per example, attention stays within it)
+    # instead of padding every row to the longest. Off by default: with length-grouped batches padding is ~1% and
+    # the block-diagonal mask costs the fused causal attention kernel (bench/train_speed.py measures both).
+    pack: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     # --- adapter: LoRA on every linear projection of attention and MLP (not the LM head) ---
     lora: bool = True  # False = full fine-tuning
@@ -151,16 +155,53 @@ def _featurize(student: Student, encoded: tuple[list[int], str, list[int]], item
     return _Feature(src + tgt, [-100] * len(src) + tgt, item_id)
 
 
-def _collate(feats: list[_Feature], student: Student) -> dict[str, Any]:
+def _pack_rows(feats: list[_Feature]) -> list[list[_Feature]]:
+    """First-fit decreasing: examples into rows no longer than the longest example, so no row grows."""
+    width = max(len(f.input_ids) for f in feats)
+    rows: list[list[_Feature]] = []
+    room: list[int] = []
+    for f in sorted(feats, key=lambda f: len(f.input_ids), reverse=True):
+        slot = next((i for i, left in enumerate(room) if left >= len(f.input_ids)), None)
+        if slot is None:
+            rows.append([])
+            room.append(width)
+            slot = len(rows) - 1
+        rows[slot].append(f)
+        room[slot] -= len(f.input_ids)
+    return rows
+
+
+def _collate(feats: list[_Feature], student: Student, pack: bool = False) -> dict[str, Any]:
     """Dynamic padding to the longest sequence of the micro-batch.
 
     Decoders are padded on the right and get no attention mask: under the causal mask a real token never sees the
     pads after it, so the mask adds nothing, and without one PyTorch's fused causal attention kernel runs (it keeps
     no L x L attention matrix for the backward pass). Positions count from 0 in every row.
+
+    With ``pack`` (decoders only) a row holds several examples one after the other and ``position_ids`` restart at 0
+    for each: transformers reads the restarts as packed sequences and keeps attention within each example. A
+    row's last position predicts nothing across a boundary: every example starts with prompt tokens (label -100).
     """
     import torch
 
     pad = student.tokenizer.pad_token_id
+    if pack and student.kind != "seq2seq":
+        rows = _pack_rows(feats)
+        n = max(sum(len(f.input_ids) for f in row) for row in rows)
+        ids = torch.full((len(rows), n), pad, dtype=torch.long)
+        labels = torch.full((len(rows), n), -100, dtype=torch.long)
+        positions = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, row in enumerate(rows):
+            at = 0
+            for f in row:
+                ids[i, at:at + len(f.input_ids)] = torch.tensor(f.input_ids)
+                labels[i, at:at + len(f.labels)] = torch.tensor(f.labels)
+                positions[i, at:at + len(f.input_ids)] = torch.arange(len(f.input_ids))
+                at += len(f.input_ids)
+            # pads continue the last example's positions: they join it, after its tokens, and are never attended to
+            last = len(row[-1].input_ids)
+            positions[i, at:] = torch.arange(last, last + n - at)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
     n = max(len(f.input_ids) for f in feats)
     ids = torch.full((len(feats), n), pad, dtype=torch.long)
     if student.kind == "seq2seq":
@@ -206,7 +247,7 @@ def _loss_sum(model: Any, batch: dict[str, Any], kind: str) -> tuple[Any, int]:
     targets = labels[:, 1:]
     where = targets != -100  # hidden state at t predicts token t + 1
     hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                use_cache=False).last_hidden_state
+                                position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     logits = base.get_output_embeddings()(hidden[:, :-1][where]).float()
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:  # Gemma-style soft cap, as the model's own forward applies it
@@ -480,7 +521,8 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
 
     # resume
     # A checkpoint resumes only the same data and the same hyper-parameters; the run length may change.
-    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra", "snapshot_every"}
+    # Packing changes how the same loss is computed, not what is learnt: a run may resume with it switched.
+    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra", "snapshot_every", "pack"}
     expect = {"examples_sha256": examples_sha, "config": {k: v for k, v in asdict(cfg).items() if k not in free}}
     state = _load_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, expect)
     if state is None:
@@ -516,9 +558,10 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
         loss_total = 0.0
         passes = [part for mb in feats for part in _split_by_tokens(mb, cfg.max_batch_tokens)]
         n_real = sum(len(f.input_ids) for part in passes for f in part)
-        n_padded = sum(len(part) * max(len(f.input_ids) for f in part) for part in passes)
+        n_padded = 0
         for j, part in enumerate(passes):
-            batch = {k: v.to(accelerator.device) for k, v in _collate(part, student).items()}
+            batch = {k: v.to(accelerator.device) for k, v in _collate(part, student, cfg.pack).items()}
+            n_padded += batch["input_ids"].numel()
             sync = j == len(passes) - 1
             with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
                 loss, _ = _loss_sum(model, batch, student.kind)

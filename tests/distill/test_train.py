@@ -214,3 +214,48 @@ def test_target_position_loss_equals_the_full_loss(kard_examples, tiny_llama_dir
                                ignore_index=-100, reduction="sum")
     assert n_ours == sum(f.n_target for f in feats)
     assert float(ours) / n_ours == pytest.approx(float(full) / n_ours, abs=1e-5)
+
+
+def test_packed_and_unpacked_batches_give_the_same_loss_and_gradients(kard_examples, tiny_llama_dir):
+    """Several examples in one row (positions restarting per example) compute the same loss and the same gradients as
+    one example per row; the packed batch has fewer rows and fewer pads."""
+    import torch
+
+    from kardlite.distill.examples import read_examples
+    from kardlite.distill.train import _collate, _encode_row, _Feature, _featurize, _loss_sum
+
+    student = load_student(str(tiny_llama_dir))
+    cfg = _cfg(tiny_llama_dir)
+    stats = {"trimmed_prompts": 0, "truncated_targets": 0}
+    rows = read_examples(kard_examples)[:3]
+    feats = [_featurize(student, _encode_row(student, r, cfg, stats), r["item_id"], 64, stats) for r in rows]
+    longest = max(feats, key=lambda f: len(f.input_ids))
+    # short examples (a prompt start and a few target tokens) that fit beside each other in the longest row
+    for k, m in enumerate((len(longest.input_ids) // 3, len(longest.input_ids) // 4, 9)):
+        ids = longest.input_ids[k:k + m]
+        feats.append(_Feature(ids, [-100] * (m // 2) + ids[m // 2:], f"short{k}"))
+    model = student.model.train()
+
+    def loss_and_grads(pack: bool):
+        model.zero_grad(set_to_none=True)
+        batch = _collate(feats, student, pack=pack)
+        loss, n = _loss_sum(model, batch, "causal")
+        loss.backward()
+        grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+        return batch, float(loss.detach()), n, grads
+
+    flat, loss_flat, n_flat, grads_flat = loss_and_grads(False)
+    packed, loss_packed, n_packed, grads_packed = loss_and_grads(True)
+    assert packed["input_ids"].shape[0] < flat["input_ids"].shape[0] == len(feats)
+    assert packed["input_ids"].shape[1] == flat["input_ids"].shape[1]  # no row grows past the longest example
+    assert (packed["labels"] != -100).sum() == (flat["labels"] != -100).sum()
+    assert n_packed == n_flat == sum(f.n_target for f in feats)
+    assert loss_packed / n_packed == pytest.approx(loss_flat / n_flat, abs=1e-5)
+    assert grads_flat.keys() == grads_packed.keys() and grads_flat
+    for name, g in grads_flat.items():
+        assert torch.allclose(g, grads_packed[name], atol=1e-5, rtol=1e-4), name
+    # and packing really separates the examples: without restarting positions the loss differs
+    leaked = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
+    with torch.no_grad():
+        loss_leaked, _ = _loss_sum(model, leaked, "causal")
+    assert abs(float(loss_leaked) / n_packed - loss_packed / n_packed) > 1e-3
