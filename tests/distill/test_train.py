@@ -147,6 +147,12 @@ def test_token_capped_passes_and_grouping_do_not_change_what_is_learnt(tmp_path,
     assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-4)
     assert a[0]["tokens"] == b[0]["tokens"] and b[0]["padded_tokens"] == b[0]["tokens"]  # no padding at all
     assert a[0]["padded_tokens"] > a[0]["tokens"]
+    # packing (short examples share a row) trains the same, with no more padded tokens than one example per row
+    packed = _cfg(tiny_llama_dir, max_batch_tokens=None, pack=True, **common)
+    train_student(kard_examples, tmp_path / "packed", packed)
+    c = json.loads((tmp_path / "packed" / "loss_curve.json").read_text())
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in c], rel=1e-4)
+    assert c[0]["tokens"] == a[0]["tokens"] and c[0]["padded_tokens"] <= a[0]["padded_tokens"]
 
 
 def test_frozen_lower_layers_stay_put_and_info_records_the_decoding_budget(tmp_path, kard_examples, tiny_llama_dir):
