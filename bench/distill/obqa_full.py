@@ -12,7 +12,9 @@ after an interruption — a kill, a reboot, the end of a sitting — continues w
 3. ``train``: FT, KA-FT, RD and KARD students: same base, order, batch and budget (``--epochs``), with
    snapshots for the learning curves. Training resumes from its last checkpoint.
 4. ``curves``: dev accuracy of every snapshot on the first ``--dev-limit`` OBQA dev questions.
-5. ``eval``: base, ft, ka-ft, rd, kard-bm25, kard-hybrid, kard-reranker on the test questions.
+5. ``eval``: base, ft, ft-rag, ka-ft, rd, kard-bm25, kard-hybrid, kard-reranker on the test questions; the
+   generating systems (rd, kard-*) through the student's exported Q8_0 GGUF on llama.cpp, as a bundle answers.
+   ``agree``: the first 100 test questions of kard-bm25 through PyTorch as well, and how often the letters agree.
 6. ``report``: docs/results/obqa-full.md and .json (accuracy, paired-bootstrap 95% CI, McNemar, invalid and
    forced rates, letters, fact1 shown vs not, curves, training time and tokens/s).
 
@@ -46,6 +48,7 @@ STUDENTS = ("ft", "ka-ft", "rd", "kard")  # trained, in this order (cheapest fir
 # ft-rag: the FT student given KARD's hybrid test passages (KA-FT's prompt): plain retrieve-then-answer.
 SYSTEMS = ("base", "ft", "ft-rag", "ka-ft", "rd", "kard-bm25", "kard-hybrid", "kard-reranker")
 KARDS = ("kard-bm25", "kard-hybrid", "kard-reranker")
+GENERATING = ("rd", *KARDS)  # systems that write a rationale at test time
 RERANKERS = {  # CPU settings of docs/results/reranker-obqa.md
     "late-interaction": ["--kind", "late-interaction", "--dim", "128", "--epochs", "2", "--num-layers", "3",
                          "--lr", "2e-4", "--head-lr-mult", "10"],
@@ -240,6 +243,14 @@ def _eval_args(run: Run, system: str) -> list[str]:
     return out
 
 
+def _backend_args(run: Run, system: str) -> list[str]:
+    """RD and KARD generate: scored through the student's exported Q8_0 GGUF on llama.cpp, the path a bundle takes
+    (its prompt budget, passage count and generation cap are the student's stored settings, as a bundle's are)."""
+    if system in GENERATING and run.args.gen_backend == "gguf":
+        return ["--backend", "gguf"]
+    return []
+
+
 def stage_curves(run: Run, systems: set[str]) -> None:
     from kardlite.distill.train import list_snapshots, snapshot_model
 
@@ -274,9 +285,31 @@ def stage_eval(run: Run, systems: set[str]) -> None:
         if system != "base" and not (run.dir / f"student-{mode}" / "manifest.json").is_file():
             print(f"skip {system}: its student is not trained yet", flush=True)
             continue
-        run.cli("eval", *_eval_args(run, system), "--tasks", str(test), "--out", str(run.dir / f"eval-{system}"),
-                "--batch-size", "16")
+        run.cli("eval", *_eval_args(run, system), *_backend_args(run, system), "--tasks", str(test),
+                "--out", str(run.dir / f"eval-{system}"), "--batch-size", "16")
         _commit_eval(run, system, facts)
+
+
+def stage_agree(run: Run, systems: set[str]) -> None:
+    """The first ``--agree-n`` test questions of KARD (BM25) through PyTorch too: how often the two back-ends pick
+    the same letter. Committed as agreement.json; the committed GGUF predictions are the reference."""
+    path = run.results / "agreement.json"
+    system = "kard-bm25"
+    if path.is_file() or system not in systems or run.args.gen_backend != "gguf" or not run.is_committed(system):
+        return
+    gguf = {json.loads(x)["id"]: json.loads(x) for x in run.committed(system).read_text(encoding="utf-8").splitlines()
+            if x.strip()}
+    test = run.split_file("test", run.args.test_limit)
+    out = run.dir / f"agree-{system}-torch"
+    run.cli("eval", *_eval_args(run, system), "--backend", "torch", "--tasks", str(test), "--out", str(out),
+            "--limit", str(run.args.agree_n), "--batch-size", "16")
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    same = [r["prediction"] == gguf[r["id"]]["prediction"] for r in rows]
+    atomic_write_json(path, {"system": system, "backends": ["gguf (Q8_0, llama.cpp)", "torch (fp32)"],
+                             "n": len(rows), "same_letter": sum(same), "rate": sum(same) / max(len(rows), 1),
+                             "accuracy_gguf": sum(gguf[r["id"]]["correct"] for r in rows) / max(len(rows), 1),
+                             "accuracy_torch": sum(r["correct"] for r in rows) / max(len(rows), 1),
+                             "different": [r["id"] for r, s in zip(rows, same, strict=True) if not s]})
 
 
 def _commit_eval(run: Run, system: str, facts: dict[str, str]) -> None:
@@ -408,8 +441,11 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
                               "last_loss": hist[-1]["train_loss"] if hist else None}
     curves_path = run.results / "curves.json"
     curves = json.loads(curves_path.read_text(encoding="utf-8")) if curves_path.is_file() else {}
+    agree_path = run.results / "agreement.json"
+    agreement = json.loads(agree_path.read_text(encoding="utf-8")) if agree_path.is_file() else None
     result = {"systems": systems, "comparisons": comparisons, "best_kard": best, "training": training,
-              "curves": curves, "settings": {k: str(v) for k, v in vars(run.args).items()}}
+              "curves": curves, "backend_agreement": agreement,
+              "settings": {k: str(v) for k, v in vars(run.args).items()}}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     notes = out_md.with_name(out_md.stem + ".notes.md")
@@ -444,6 +480,9 @@ SETUP = [
     "it has none, counted as forced), or scored by option text after the generated rationale. KARD's test "
     "passages: BM25, hybrid, or the reranker over a hybrid pool of 20 (the kind with the better fact1 R@5 on OBQA "
     "dev). ft-rag is the FT student shown KARD's hybrid passages (the KA-FT prompt): plain retrieve-then-answer.",
+    "- Back-ends: RD and KARD are scored through each student's exported Q8_0 GGUF on llama.cpp with the settings "
+    "stored with the student (prompt budget, passage count, generation cap), the path a bundle answers by; the "
+    "answer-only systems through PyTorch. The first 100 test questions of KARD (BM25) are scored by both.",
     "- Every finished part is committed under `docs/results/obqa-full/` (per-question predictions as compact "
     "JSONL, training summaries, curves); this page is made from those files alone, and a part with a committed "
     "result is never redone.",
@@ -485,6 +524,12 @@ def render_tables(result: dict[str, Any]) -> str:
             tps = "-" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.0f}"
             lines.append(f"| {mode} | {t['steps']} | {'yes' if t['finished'] else 'no (running)'} | "
                          f"{t['train_seconds'] / 60:.0f} min | {tps} | {t['first_loss']} / {t['last_loss']} |")
+    agree = result.get("backend_agreement")
+    if agree:
+        lines += ["", f"Back-ends: on the first {agree['n']} test questions, {agree['system']} through llama.cpp "
+                  f"(Q8_0 GGUF) and through PyTorch (fp32) picked the same letter {agree['same_letter']} times "
+                  f"({_pct(agree['rate'])}; accuracy {_pct(agree['accuracy_gguf'])} vs "
+                  f"{_pct(agree['accuracy_torch'])})."]
     if result["curves"]:
         lines += ["", "| system | dev accuracy by step |", "|---|---|"]
         for system, points in result["curves"].items():
@@ -498,7 +543,8 @@ def main() -> None:
     p.add_argument("--obqa", type=Path,
                    default=Path(os.environ.get("KARDLITE_OBQA") or ROOT.parent / "shared" / "data" / "obqa"))
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "obqa-full")
-    p.add_argument("--stage", default="all", choices=["all", "data", "reranker", "train", "curves", "eval", "report"])
+    p.add_argument("--stage", default="all",
+                   choices=["all", "data", "reranker", "train", "curves", "eval", "agree", "report"])
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--per-item", type=int, default=1, help="kept rationales per question (the paper: all)")
     p.add_argument("--select", default="shortest", choices=["first", "shortest", "random"])
@@ -519,6 +565,9 @@ def main() -> None:
                    help="what the students' targets write after 'Answer:' (the recipe: docs/results/obqa-recipe.md)")
     p.add_argument("--scoring", default="letter", choices=["letter", "text"],
                    help="how answer-only systems (base, ft, ft-rag, ka-ft) pick their answer")
+    p.add_argument("--gen-backend", default="gguf", choices=["gguf", "torch"],
+                   help="back-end of the generating systems (rd, kard-*): gguf = the exported Q8_0, as a bundle")
+    p.add_argument("--agree-n", type=int, default=100, help="test questions scored by both back-ends (kard-bm25)")
     p.add_argument("--rationale-scoring", default="generated", choices=["generated", "text"],
                    help="how rd and kard pick theirs: the generated answer line, or option text after the rationale")
     args = p.parse_args()
@@ -530,7 +579,8 @@ def main() -> None:
     unknown = systems - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
-    stages = ["data", "reranker", "train", "curves", "eval", "report"] if args.stage == "all" else [args.stage]
+    stages = (["data", "reranker", "train", "curves", "eval", "agree", "report"] if args.stage == "all"
+              else [args.stage])
     for stage in stages:
         print(f"== {stage}", flush=True)
         if stage == "data":
@@ -544,6 +594,8 @@ def main() -> None:
             stage_curves(run, systems)
         elif stage == "eval":
             stage_eval(run, systems)
+        elif stage == "agree":
+            stage_agree(run, systems)
         else:
             result = stage_report(run, args.report)
             print(json.dumps({k: {m: v.get(m) for m in ("n", "accuracy", "invalid_rate", "forced_rate")}

@@ -22,7 +22,7 @@ SCRIPT = ROOT / "bench" / "distill" / "obqa_full.py"
 def _cmd(obqa: Path, run: Path, student: Path, report: Path) -> list[str]:
     return [sys.executable, str(SCRIPT), "--obqa", str(obqa), "--run", str(run), "--student", str(student),
             "--systems", "ft,kard-bm25", "--train-limit", "16", "--test-limit", "4", "--dev-limit", "4",
-            "--max-steps", "4", "--save-every", "2", "--snapshot-every", "2", "--report", str(report)]
+            "--max-steps", "4", "--save-every", "2", "--snapshot-every", "2", "--agree-n", "3", "--report", str(report)]
 
 
 # Loaded by every Python process of the first sitting (a sitecustomize on its PYTHONPATH): the KARD student's
@@ -91,13 +91,18 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     assert {c["step"] for c in result["curves"]["kard-bm25"]} == {2, 4}
     assert set(result["comparisons"]) == {"kard-bm25 vs ft"}
     assert all(0 <= c["mcnemar_p"] <= 1 for c in result["comparisons"].values())
+    # KARD was scored through its exported GGUF; its first 3 questions through PyTorch as well
+    assert json.loads((run / "eval-kard-bm25" / "eval.json").read_text())["backend"] == "gguf"
+    assert json.loads((run / "eval-ft" / "eval.json").read_text())["backend"] == "torch"
+    agree = result["backend_agreement"]
+    assert agree["n"] == 3 and agree["same_letter"] == 3 - len(agree["different"]) and 0 <= agree["rate"] <= 1
 
     # A later sitting on another machine: the run folder is gone, the committed results are not. The page comes
     # back the same from them, and nothing with a committed result is trained or evaluated again.
     committed = tmp_path / "obqa-full"
     assert sorted(p.name for p in committed.iterdir()) == [
-        "curves.json", "eval-ft.json", "eval-ft.jsonl", "eval-kard-bm25.json", "eval-kard-bm25.jsonl",
-        "train-ft.json", "train-kard.json"]
+        "agreement.json", "curves.json", "eval-ft.json", "eval-ft.jsonl", "eval-kard-bm25.json",
+        "eval-kard-bm25.jsonl", "train-ft.json", "train-kard.json"]
     page = report.read_text()
     shutil.rmtree(run)
     again = subprocess.run([*cmd, "--stage", "train"], env=env, capture_output=True, text=True, timeout=600,
