@@ -9,7 +9,9 @@ everything either caller needs, the same way for both:
   end-of-generation token, at the cap, or once a complete ``Answer: X`` is written (``kardlite.answers.answer_done``);
 - :meth:`letter_logprobs`: the log-probability of each option letter as the next token, counting the one token
   that writes the letter there (`` A`` after ``Answer:``, ``A`` after a space: ``kardlite.answers.letter_prefix``);
-- :meth:`continuation_scores`: log-likelihood of texts after a prompt (option-text scoring).
+- :meth:`continuation_scores`: log-likelihood of texts after a prompt (option-text scoring);
+- :meth:`set_prefix`: the tokens every prompt of this student starts with (chat header and instruction), whose
+  KV cache is computed once and kept between questions, so a question's prefill is only what follows them.
 
 Torch-free: the runtime imports it.
 """
@@ -58,6 +60,7 @@ class GGUFStudent:
         self.path = Path(path) if path is not None else None
         self._n_vocab = llm.n_vocab()
         self._letters: dict[tuple[int, str], list[int]] = {}
+        self._prefix: list[int] = []
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None, n_ctx: int = 2048,
@@ -112,6 +115,38 @@ class GGUFStudent:
             raise InputError(f"prompt ({n_prompt} tokens) + {what} ({extra}) exceed the context window of "
                              f"{self.n_ctx} tokens", field="max_new_tokens" if what == "max_new_tokens" else "n_ctx")
 
+    # ------------------------------------------------------------------------------------------ KV cache
+    def set_prefix(self, ids: Sequence[int]) -> None:
+        """Keep the KV cache of ``ids`` between questions (``[]``: none; every question starts from empty).
+
+        Every prompt that starts with ``ids`` is evaluated as ``ids`` in one call (always the same call, so always
+        the same cache) and the rest in a second: its result depends on the prompt alone, never on the question
+        before it, and it is the same in the runtime and in ``kardlite eval --backend gguf``, which both set the
+        prefix from :func:`shared_prefix` of probe prompts. A prompt that does not start with ``ids`` is
+        evaluated from an empty cache.
+        """
+        self._prefix = list(ids)
+        self._llm.reset()
+
+    @property
+    def prefix(self) -> list[int]:
+        return list(self._prefix)
+
+    def begin(self, ids: Sequence[int]) -> int:
+        """Prepare the KV cache for a new prompt ``ids``: the kept prefix (reused, or evaluated now) when the
+        prompt starts with it, else nothing. Returns how many of the prompt's tokens the cache holds."""
+        llm, prefix, n = self._llm, self._prefix, len(self._prefix)
+        if n and len(ids) > n and list(ids[:n]) == prefix:
+            if llm.n_tokens >= n and list(llm.input_ids[:n]) == prefix:
+                llm._ctx.kv_cache_seq_rm(-1, n, -1)
+                llm.n_tokens = n
+            else:
+                llm.reset()
+                llm.eval(prefix)
+            return n
+        llm.reset()
+        return 0
+
     # ------------------------------------------------------------------------------------------ generation
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 50,
                top_p: float = 0.95, seed: int = 0, n_options: int = 0, stop_at_answer: bool = True,
@@ -119,7 +154,9 @@ class GGUFStudent:
         """(decoded text piece, time) per new token.
 
         Stops at an end-of-generation token (not shown), after ``max_new_tokens``, or (``stop_at_answer`` and
-        ``n_options``) once the text holds a complete ``Answer: X`` with a valid letter.
+        ``n_options``) once the text holds a complete ``Answer: X`` with a valid letter. The cache is used as it
+        is (llama-cpp-python reuses its longest common prefix with ``prompt_ids``): call :meth:`begin` first for a
+        new question; further samples of the same question reuse the whole prompt.
 
         Args:
             prompt_ids: the prompt's ids (:meth:`tokenize_segments`).
@@ -160,9 +197,9 @@ class GGUFStudent:
                  temperature: float = 0.0, top_k: int = 50, top_p: float = 0.95, seed: int = 0) -> list[str]:
         """``samples`` outputs for one prompt (sample ``i`` seeded ``seed + i``); greedy when ``temperature`` is 0."""
         self.check_fits(len(prompt_ids), max_new_tokens, "max_new_tokens")
-        # A fresh context per question: llama.cpp would otherwise reuse the KV cache of the previous prompt's
-        # common prefix, and near-ties would depend on which question came before.
-        self._llm.reset()
+        # A fresh context per question but the kept prefix: llama.cpp would otherwise reuse the KV cache of the
+        # previous prompt's common prefix, and near-ties would depend on which question came before.
+        self.begin(prompt_ids)
         return ["".join(p for p, _ in self.stream(prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                                                    top_k=top_k, top_p=top_p, seed=seed + i, n_options=n_options))
                 for i in range(samples)]
@@ -182,8 +219,7 @@ class GGUFStudent:
             llm._ctx.kv_cache_seq_rm(-1, n, -1)
             llm.n_tokens = n
         else:
-            llm.reset()
-            llm.eval(list(ids))
+            llm.eval(list(ids[self.begin(ids):]))
         if suffix:
             llm.eval(list(suffix))
         return _log_softmax(self._last_logits())
@@ -222,7 +258,6 @@ class GGUFStudent:
                 lps += [float(v) for v in logp[np.arange(len(toks) - 1), toks[1:]]]
             total = float(sum(lps))
             scores.append(ContinuationScore(total, total / len(toks), len(toks)))
-        self._llm.reset()
         return scores
 
     def _decode_all(self, toks: Sequence[int], *, n_past: int) -> np.ndarray:
@@ -258,6 +293,18 @@ class GGUFStudent:
 
     def __repr__(self) -> str:
         return f"GGUFStudent({str(self.path)!r}, n_ctx={self.n_ctx})"
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The tokens every one of ``prompts`` starts with, less the last: a token at the boundary could merge with
+    other text after it, so only tokens followed by the same token in every probe are kept."""
+    if len(prompts) < 2:
+        raise InputError("shared_prefix needs at least two probe prompts", field="prompts")
+    first, n = list(prompts[0]), min(len(p) for p in prompts)
+    k = 0
+    while k < n and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return first[:max(k - 1, 0)]
 
 
 def letter_distribution(logps: Sequence[float]) -> np.ndarray:

@@ -307,8 +307,25 @@ def build_prompt(
                   trimmed=trimmed, segments=segments, target_segments=target_segments)
 
 
+@dataclass(frozen=True)
+class _ProbePassage:
+    id: str
+    title: str
+    text: str
+
+
+# Two questions that share nothing after the instruction: the tokens their prompts start with are the part every
+# prompt of a student starts with (``kardlite.gguf_student.shared_prefix``), whose KV cache is kept.
+PROBES: tuple[tuple[QAItem, tuple[PassageLike, ...]], ...] = (
+    (QAItem("probe-1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), None),
+     (_ProbePassage("p1", "Plants", "Leaves take in carbon dioxide."),)),
+    (QAItem("probe-2", "What melts ice?", ("heat", "cold", "salt water"), None),
+     (_ProbePassage("p2", "Ice", "Heat melts ice."),)),
+)
+
+
 __all__ = ["ANSWER_FORMATS", "ANSWER_ONLY_MODES", "CUES", "INSTRUCTIONS", "KNOWLEDGE_MODES",
-           "MIN_TRIMMED_PASSAGE_TOKENS", "MODES", "AnswerFormat", "Mode", "PassageLike", "Prompt",
+           "MIN_TRIMMED_PASSAGE_TOKENS", "MODES", "PROBES", "AnswerFormat", "Mode", "PassageLike", "Prompt",
            "PromptTooLongError", "Segment", "answer_string", "approx_token_count", "build_prompt", "build_target",
            "chat_frame", "check_answer_format", "format_passage", "instruction", "letter_token_ids",
            "option_verdicts", "parse_answer", "render_chat", "stated_answers", "vote"]

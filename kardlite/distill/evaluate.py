@@ -349,6 +349,13 @@ def evaluate(student: Student | str | Path | None, items: Sequence[QAItem], out_
 
     backend = _gguf_backend(student, cfg, out, n_ctx=s.n_ctx)[0] if cfg.backend == "gguf" else None
     engine = _Engine(student, backend, s.answer_format)  # type: ignore[arg-type]
+    if backend is not None:  # the runtime keeps the KV cache of the prompts' shared start: so does its eval
+        from kardlite.gguf_student import shared_prefix
+        from kardlite.prompts import PROBES
+
+        backend.set_prefix(shared_prefix([engine.encode(student.prompt(
+            item, mode, passages=ps, max_tokens=budget, answer_format=s.answer_format))  # type: ignore[arg-type]
+            for item, ps in PROBES]))
     student.model.eval()
     with open(preds_path, "a", encoding="utf-8") as fh, tqdm(total=len(items), initial=len(items) - len(todo),
                                                              desc=f"eval {mode}") as bar:

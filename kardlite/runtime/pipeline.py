@@ -32,9 +32,9 @@ from kardlite.answers import forced_context, option_continuations, parse_answer,
 from kardlite.bundle_format import KB_DIR, MANIFEST, bundle_settings, read_manifest, verify_bundle
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
-from kardlite.gguf_student import GGUFStudent, letter_distribution
+from kardlite.gguf_student import GGUFStudent, letter_distribution, shared_prefix
 from kardlite.kb.passage import Hit
-from kardlite.prompts import Segment, build_prompt
+from kardlite.prompts import PROBES, Segment, build_prompt
 from kardlite.rerank.late import WARM_LIMIT
 from kardlite.rerank.retriever import Retriever
 from kardlite.runtime.audit import AuditLog, AuditLogError, utc_now
@@ -102,6 +102,9 @@ class Pipeline:
                                    pool=s.pool)
         self.decoding: dict[str, Any] = dict(manifest["decoding"])
         self.n_ctx = int(llm.n_ctx())
+        # The chat header and instruction every prompt starts with: their KV cache is computed once, not per question.
+        self.student.set_prefix(shared_prefix([self._tokenize(self._build(item, passages).segments)
+                                               for item, passages in PROBES]))
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -182,9 +185,9 @@ class Pipeline:
             prompt_ids = self._tokenize(prompt.segments)
             self.student.check_fits(len(prompt_ids), max_new, "max_new_tokens")
             t_gen = time.perf_counter()
-            # A fresh context per question: llama.cpp would otherwise reuse the KV cache of the previous prompt's
-            # common prefix, and the answer would depend (in near-ties) on which question came before.
-            self._llm.reset()
+            # A fresh context per question but the kept prefix (GGUFStudent.begin): llama.cpp would otherwise reuse
+            # the previous prompt's common prefix, and near-ties would depend on which question came before.
+            self.student.begin(prompt_ids)
             for i in range(samples):
                 out_text = ""
                 n_new, t_first, t_last = 0, None, None
