@@ -146,10 +146,10 @@ def score(student: Any, items: list[Any], passages: list[list[Any]], mode: str, 
           max_new_tokens: int, facts: dict[str, str]) -> list[dict[str, Any]]:
     """One row per question: the letter each scoring picks (None = no answer), whether the question's gold fact
     (``fact1``) was among the passages shown, and the generated text."""
+    from kardlite.answers import forced_context
     from kardlite.data.records import LETTERS
     from kardlite.distill.evaluate import (
         EvalConfig,
-        _rationale_part,
         generate,
         score_continuations,
         score_letters,
@@ -171,7 +171,8 @@ def score(student: Any, items: list[Any], passages: list[list[Any]], mode: str, 
                            EvalConfig(decoding="greedy", max_new_tokens=max_new_tokens))
             outputs = [g[0] for g in gen]
             picks["generated"] = [parse_answer(t, len(o), o) for t, o in zip(outputs, opts, strict=True)]
-            after = [i + student.encode(_rationale_part(t) + "\nAnswer:", special=False)
+            # option text scored after the rationale and "\nAnswer:", as eval and the runtime read a forced answer
+            after = [i + student.encode(forced_context(t), special=False)
                      for i, t in zip(ids, outputs, strict=True)]
             sc = score_option_texts(student, after, opts, fmt)
             picks["text"] = [max(range(len(s)), key=s.__getitem__) for s in sc]
