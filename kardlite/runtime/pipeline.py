@@ -30,6 +30,7 @@ import numpy as np
 from kardlite._io import read_json, sha256_file
 from kardlite.answers import forced_context, option_continuations, parse_answer, rationale, vote
 from kardlite.bundle_format import KB_DIR, MANIFEST, bundle_settings, read_manifest, verify_bundle
+from kardlite.card import EvaluationCard, read_card
 from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.gguf_student import GGUFStudent, letter_distribution, shared_prefix
@@ -73,7 +74,7 @@ class Pipeline:
 
     def __init__(self, path: Path, manifest: dict[str, Any], kb: Any, reranker: Any, llm: Any, *,
                  calibrator: Calibrator | None = None, audit: AuditLog | None = None,
-                 manifest_sha256: str | None = None) -> None:
+                 manifest_sha256: str | None = None, card: EvaluationCard | None = None) -> None:
         # Use load(); the constructor only wires loaded parts together.
         self.path = path
         self.manifest = manifest
@@ -82,6 +83,7 @@ class Pipeline:
         self.calibrator = calibrator
         self.audit = audit
         self.manifest_sha256 = manifest_sha256
+        self._card = card if card is not None else EvaluationCard.unmeasured(str(manifest.get("name") or path.name))
         self._llm = llm
         self.student = GGUFStudent(llm, path / manifest["student"]["file"])
         self._lock = threading.Lock()
@@ -107,6 +109,12 @@ class Pipeline:
                                                for item, passages in PROBES]))
 
     # --- public API -------------------------------------------------------------------------------------------
+
+    @property
+    def card(self) -> EvaluationCard:
+        """The bundle's evaluation card (``card.json``, checked at load): intended use, known limits and the
+        measured numbers, or ``status == "unmeasured"`` when nothing was measured (see :mod:`kardlite.card`)."""
+        return self._card
 
     def ask(self, question: str, options: Sequence[str] | None = None, *, n_docs: int | None = None,
             samples: int | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
@@ -489,8 +497,8 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
     Raises:
         ArtifactError: the folder is not a bundle; a file is missing, truncated, altered, a link or unlisted; the
             manifest differs from its digest; a manifest path leaves the bundle; a bad signature; a manifest field
-            of the wrong type or out of range (:mod:`kardlite.export.schema`); a GGUF llama.cpp cannot open (all
-            named).
+            of the wrong type or out of range (:mod:`kardlite.export.schema`); an evaluation card with a bad field
+            (:mod:`kardlite.card`); a GGUF llama.cpp cannot open (all named).
         InputError: ``threads`` or ``n_ctx`` not a positive integer; an audit log that cannot be written (a folder,
             a device, a file that is not an audit log, a path under a file).
     """
@@ -520,6 +528,7 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
     manifest = read_manifest(path)
     verify_bundle(path, manifest, hashes=verify, allow_extra=allow_extra, trusted_key=trusted_key)
     check_manifest(path, manifest)
+    card = read_card(path, manifest)  # a card that does not match its sha256 or has a bad field is refused
     calibrator = None
     if manifest.get("calibration"):
         from kardlite.runtime.confidence import CALIBRATION_FILE
@@ -546,4 +555,4 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
                      n_threads=threads, n_threads_batch=threads)
     return Pipeline(path, manifest, kb, reranker, llm, calibrator=calibrator, audit=audit,
-                    manifest_sha256=sha256_file(path / MANIFEST))
+                    manifest_sha256=sha256_file(path / MANIFEST), card=card)

@@ -45,6 +45,7 @@ def test_manifest_describes_every_file_and_setting(tiny_bundle: Path) -> None:
         ("kard", 512, "hybrid", 8, 3, 24)
     assert (s["decoding"], s["answer_scoring"], s["no_answer"], s["rerank"]) == ("greedy", "generated", "force", True)
     assert m["evaluation"] == {"note": "tiny random student, test fixture"}
+    assert m["card"] == "card.json" and "card.json" in m["files"]  # the evaluation card, unmeasured (tests/test_card)
     assert "llama-cpp-python" in m["versions"]
 
 

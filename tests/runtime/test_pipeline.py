@@ -356,20 +356,23 @@ def test_a_bundle_exported_before_the_settings_keeps_its_behaviour(pipe, tiny_bu
     import shutil
 
     from kardlite.errors import ArtifactError
-    from kardlite.export.bundle import read_manifest, write_manifest
+    from kardlite.export.bundle import read_manifest, seal_bundle, write_manifest
     from kardlite.runtime import load
 
     old = tmp_path / "schema1"
     shutil.copytree(tiny_bundle, old)
     m = read_manifest(old)
     assert m["schema_version"] == 2 and m["inference"]["no_answer"] == "force"
-    del m["inference"]
+    del m["inference"], m["card"]
     m["schema_version"] = 1
-    write_manifest(old, m)
+    (old / "card.json").unlink()  # nor had it an evaluation card
+    seal_bundle(old, m)
     q, opts = QUESTIONS[0]
     new = pipe.ask(q, opts)
+    assert pipe.card.status == "unmeasured" and pipe.card.bundle == "tiny"
     with load(old, threads=2) as legacy:
         assert legacy.settings.no_answer == "invalid" and legacy.settings.n_docs == pipe.settings.n_docs
+        assert legacy.card.status == "unmeasured" and "exported before evaluation cards" in legacy.card.note
         ans = legacy.ask(q, opts)
     # the same retrieval and prompt; the tiny random student writes no answer line: the old bundle shows no answer
     # (as it did), the new one a forced letter, flagged
