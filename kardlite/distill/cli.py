@@ -31,7 +31,8 @@ from kardlite.errors import InputError
 from kardlite.settings import DEFAULTS
 
 distill_app = typer.Typer(help="Build student training examples (FT, RD, KARD).", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate a student (`kardlite eval --model ... --tasks ... --out ...`), or compare runs "
+eval_app = typer.Typer(help="Evaluate a student (`kardlite eval --model ... --tasks ... --out ...`) or a bundle "
+                            "(`kardlite eval --bundle ...`: its card records the numbers), or compare runs "
                             "(`kardlite eval report`).", invoke_without_command=True)
 
 
@@ -198,15 +199,48 @@ def eval_cmd(
                                                    "copy into --out; a bundle's student.gguf scores the bundle).")]
     = None,
     task_format: Annotated[TaskFormat, typer.Option("--format", help="Task file format.")] = TaskFormat.auto,
+    bundle: Annotated[Path | None, typer.Option(
+        help="Evaluate this bundle instead of a student: every question through the runtime, with the bundle's own "
+             "settings and parts, and the numbers recorded in its card (card.json).", exists=True)] = None,
+    split: Annotated[str | None, typer.Option(help="With --bundle: the evaluation's label in the card (an earlier "
+                                                   "one of this label is replaced). [default: test]")] = None,
+    task_name: Annotated[str | None, typer.Option(help="With --bundle: the task's name in the card. [default: the "
+                                                       "--tasks file's name]")] = None,
+    write_card: Annotated[bool | None, typer.Option(
+        "--write-card/--no-write-card", help="With --bundle: record the numbers in the bundle's card (re-seals its "
+                                             "manifest, so a signature must be made again). [default: write]")] = None,
+    threads: Annotated[int | None, typer.Option(help="With --bundle: CPU threads.", min=1)] = None,
     retriever: Annotated[EvalRetriever | None, typer.Option(
         hidden=True, help="Deprecated: --first-stage X (no --reranker) or --reranker PATH.")] = None,
 ) -> None:
     """Evaluate a student: accuracy, invalid-output rate, per-question JSONL. Unset settings are the student's own
-    (kardlite_student.json), the ones `kardlite export bundle` ships."""
+    (kardlite_student.json), the ones `kardlite export bundle` ships. With --bundle, evaluate the bundle itself and
+    record the numbers in its evaluation card."""
     if ctx.invoked_subcommand is not None:
         return
+    if bundle is not None:
+        # The shipped system is measured as it is: an option that would change it is refused, not ignored.
+        changed = {"--model": model, "--mode": mode, "--kb": kb, "--n-docs": n_docs, "--first-stage": first_stage,
+                   "--pool": pool, "--reranker": reranker, "--rerank": rerank, "--decoding": decoding,
+                   "--samples": samples, "--top-k": top_k, "--top-p": top_p, "--temperature": temperature,
+                   "--max-new-tokens": max_new_tokens, "--answer-format": answer_format,
+                   "--answer-scoring": answer_scoring, "--no-answer": no_answer,
+                   "--max-source-tokens": max_source_tokens, "--seed": seed, "--gguf": gguf, "--retriever": retriever,
+                   "--backend": backend if backend != EvalBackend.torch else None}
+        if given := [k for k, v in changed.items() if v is not None]:
+            raise InputError(f"--bundle measures the bundle with its own student, parts and settings; drop "
+                             f"{', '.join(given)}", field=given[0].lstrip("-"))
+        if tasks is None or out is None:
+            raise InputError("kardlite eval --bundle needs --tasks and --out")
+        _eval_bundle(bundle, tasks, out, task_format=task_format, limit=limit, split=split or "test",
+                     task_name=task_name, write_card=write_card is not False, threads=threads, name=name)
+        return
+    card_options = {"--split": split, "--task-name": task_name, "--write-card": write_card, "--threads": threads}
+    if given := [k for k, v in card_options.items() if v is not None]:
+        raise InputError(f"{', '.join(given)} apply to a bundle's evaluation (--bundle) only", field=given[0][2:])
     if model is None or tasks is None or out is None:
-        raise InputError("kardlite eval needs --model, --tasks and --out (or use `kardlite eval report`)")
+        raise InputError("kardlite eval needs --model, --tasks and --out, or --bundle, --tasks and --out (or use "
+                         "`kardlite eval report`)")
     from kardlite.data import load_task
     from kardlite.distill.evaluate import EvalConfig, evaluate
     from kardlite.distill.student import load_student
@@ -243,6 +277,31 @@ def eval_cmd(
     metrics = evaluate(student, items, out, cfg, kb=kb_obj)
     typer.echo(f"{metrics['name']}: accuracy {metrics['accuracy']:.3f}, invalid {metrics['invalid_rate']:.3f}, "
                f"forced {metrics['forced_rate']:.3f}, n {metrics['n']} -> {out}")
+
+
+def _eval_bundle(bundle: Path, tasks: Path, out: Path, *, task_format: TaskFormat, limit: int | None, split: str,
+                 task_name: str | None, write_card: bool, threads: int | None, name: str | None) -> None:
+    """``kardlite eval --bundle``: the runtime answers every question; the numbers go to --out and the card."""
+    from kardlite.bundle_format import SIGNATURE_FILE
+    from kardlite.card import CARD_FILE, Task, data_files
+    from kardlite.data import load_task
+    from kardlite.distill.bundle_eval import evaluate_bundle
+
+    items = load_task(tasks, task_format.value)
+    if limit:
+        items = items[:limit]
+    signed = (bundle / SIGNATURE_FILE).is_file()
+    metrics, card = evaluate_bundle(bundle, items, out, task=Task(task_name or tasks.name, data_files([tasks])),
+                                    split=split, write_card=write_card, threads=threads, name=name)
+    cal = metrics["calibration"]
+    typer.echo(f"{metrics['name']}: accuracy {100 * metrics['accuracy']:.1f}% (95% CI {100 * metrics['ci_low']:.1f}-"
+               f"{100 * metrics['ci_high']:.1f}%), invalid {metrics['invalid_rate']:.3f}, forced "
+               f"{metrics['forced_rate']:.3f}, ECE {cal['ece']:.3f}, n {metrics['n']} -> {out}")
+    if card is not None:
+        typer.echo(f"card: {bundle / CARD_FILE} records {split!r} ({len(card.evaluations)} evaluation(s))")
+        if signed:
+            typer.echo(f"warning: {bundle / SIGNATURE_FILE} was removed with the old manifest; sign the bundle again "
+                       "(kardlite export sign)", err=True)
 
 
 @eval_app.command("report")
