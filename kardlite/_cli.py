@@ -31,7 +31,7 @@ PANEL_DATA = "1. Knowledge and rationales"
 PANEL_TRAIN = "2. Students and reranker"
 PANEL_SHIP = "3. Export and run"
 # Top-level commands in the order a project runs them; ``kardlite --help`` lists them so.
-PIPELINE_ORDER = ("kb", "teach", "rationales", "distill", "train", "rerank", "eval", "export", "ask", "demo")
+PIPELINE_ORDER = ("kb", "teach", "rationales", "distill", "train", "rerank", "eval", "export", "ask", "demo", "info")
 
 
 def _choices(name: str, values: tuple[str, ...], doc: str) -> type[StrEnum]:

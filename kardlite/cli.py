@@ -40,6 +40,7 @@ from kardlite.runtime import cli as _runtime_cli  # noqa: E402
 
 app.add_typer(_export_cli.app, name="export", rich_help_panel=PANEL_SHIP)
 app.command("ask", rich_help_panel=PANEL_SHIP)(_runtime_cli.ask)
+app.command("info", rich_help_panel=PANEL_SHIP)(_export_cli.info)
 from kardlite.demo import cli as _demo_cli  # noqa: E402
 
 app.command("demo", rich_help_panel=PANEL_SHIP)(_demo_cli.demo)

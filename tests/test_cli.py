@@ -108,7 +108,8 @@ def _assert_one_line_error(result: Result) -> str:
 def test_walk_finds_every_stage() -> None:
     names = set(IDS)
     assert {"kb build", "teach", "rationales filter", "distill build", "train student", "train reranker", "eval",
-            "eval report", "rerank search", "rerank export", "export gguf", "export bundle", "ask", "demo"} <= names
+            "eval report", "rerank search", "rerank export", "export gguf", "export bundle", "ask", "demo",
+            "info"} <= names
 
 
 @pytest.mark.parametrize(("path", "params"), COMMANDS, ids=IDS)
@@ -146,6 +147,9 @@ def test_kardlite_errors_inside_commands_are_one_line(tmp_path: Path) -> None:
         ["rerank", "export", str(empty), str(tmp_path / "onnx")],
         ["distill", "build", "--tasks", str(bad), "--rationales", str(bad), "--out", str(tmp_path / "ex.jsonl")],
         ["ask", str(empty), "why?"],
+        ["info", str(empty)],
+        ["eval", "--bundle", str(empty), "--tasks", str(bad), "--out", str(tmp_path / "ev"), "--n-docs", "3"],
+        ["eval", "--model", "smollm2", "--tasks", str(bad), "--out", str(tmp_path / "ev"), "--no-write-card"],
     ]
     for args in cases:
         _assert_one_line_error(_run(args))

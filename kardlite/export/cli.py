@@ -1,11 +1,11 @@
-"""``kardlite export``: student → verified GGUFs, and the runtime bundle."""
+"""``kardlite export``: student → verified GGUFs, and the runtime bundle; ``kardlite info``: what a bundle holds."""
 
 from __future__ import annotations
 
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,7 @@ from kardlite._cli import (
     renamed,
     setting_option,
 )
-from kardlite.errors import InputError
+from kardlite.errors import InputError, KardliteError
 
 app = typer.Typer(help="Export for the CPU runtime: student GGUFs, the bundle folder.", no_args_is_help=True)
 
@@ -171,3 +171,70 @@ def verify_cmd(
         typer.echo(f"warning: {bundle_dir / rel}: not listed in manifest.json (never read)", err=True)
     signed = " and signed by the trusted key" if trusted_key else ""
     typer.echo(f"ok: {bundle_dir} ({len(manifest['files'])} files match manifest.json{signed})")
+
+
+@cli_errors
+def info(
+    bundle_dir: Annotated[Path, typer.Argument(help="A bundle folder (kardlite export bundle).", exists=True)],
+    trusted_key: Annotated[Path | None, typer.Option(help="Also require a signature by this public key (PEM).")]
+    = None,
+) -> None:
+    """Show a bundle: what it holds, whether every file verifies, and its evaluation card (the measured numbers,
+    intended use and known limits)."""
+    from kardlite.bundle_format import SIGNATURE_FILE, bundle_settings, read_manifest, verify_bundle
+    from kardlite.card import read_card, summary
+
+    manifest = read_manifest(bundle_dir)
+    settings, _ = bundle_settings(manifest, where=str(bundle_dir / "manifest.json"))
+    for line in _manifest_lines(bundle_dir, manifest, settings):
+        typer.echo(line)
+    try:
+        verify_bundle(bundle_dir, manifest, trusted_key=trusted_key)
+    except KardliteError:
+        typer.echo("verification: FAILED (the card is not shown: it is only as good as the bundle)")
+        raise
+    if trusted_key is not None:
+        signature = f"signed by the trusted key {trusted_key}"
+    elif (bundle_dir / SIGNATURE_FILE).is_file():
+        signature = "signed (not checked: give --trusted-key PUB)"
+    else:
+        signature = "not signed"
+    typer.echo(f"verification: ok, every file's size and sha256 match manifest.json; {signature}")
+    card = read_card(bundle_dir, manifest)
+    typer.echo(f"card: {card.status}")
+    for line in summary(card, manifest, settings):
+        typer.echo("  " * (line.level + 1) + line.plain())
+
+
+def _manifest_lines(bundle_dir: Path, manifest: dict[str, Any], settings: Any) -> list[str]:
+    """What a bundle holds, in a few lines, from its manifest (and its KB's manifest for the passage count)."""
+    from kardlite._io import read_json
+    from kardlite.bundle_format import KB_DIR
+
+    files = manifest["files"]
+    student = manifest.get("student") or {}
+    retrieval = manifest.get("retrieval") or {}
+    size = lambda rel: files.get(rel, {}).get("bytes", 0) / 2**20  # noqa: E731 - MiB of one listed file
+    params = student.get("parameters")
+    kb = retrieval.get("kb", KB_DIR)
+    try:
+        passages = f"{int(read_json(bundle_dir / kb / 'manifest.json')['counts']['passages']):,} passages"
+    except (KardliteError, KeyError, TypeError, ValueError):
+        passages = "passages unknown"
+    rr = retrieval.get("reranker")
+    rerank = (f"reranked by a {rr.get('kind', 'cross-encoder')} (pool {settings.pool})" if rr and settings.rerank
+              else "not reranked")
+    decoding = "greedy" if settings.greedy else f"self-consistency, {settings.samples} samples"
+    confidence = "calibrated (calibration.json)" if manifest.get("calibration") else "raw (no calibrator)"
+    return [
+        f"{bundle_dir}: bundle {manifest.get('name')!r} (schema {manifest['schema_version']}, created "
+        f"{manifest.get('created', '?')})",
+        f"  student: {student.get('architecture', '?')} {student.get('name') or ''}".rstrip()
+        + (f", {params / 1e6:.1f}M parameters" if isinstance(params, int | float) else "")
+        + f", {student.get('quant', '?')} ({student.get('file')}, {size(student.get('file', '')):.1f} MiB)",
+        f"  knowledge base: {passages} ({kb}/); first stage {settings.first_stage}, {rerank}, {settings.n_docs} "
+        "passages shown",
+        f"  answers: mode {settings.mode}, {decoding}, up to {settings.max_new_tokens} new tokens, answer read "
+        f"{settings.answer_scoring} (no answer line: {settings.no_answer}); confidence {confidence}",
+        f"  files: {len(files)}, {sum(f.get('bytes', 0) for f in files.values()) / 2**20:.1f} MiB",
+    ]
