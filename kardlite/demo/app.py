@@ -38,7 +38,8 @@ def _theme() -> Any:
 
 
 def build(pipe: Pipeline) -> Any:
-    """The page: an Ask tab (question → passages, streamed rationale, answer, timings) and a KB search tab.
+    """The page: an Ask tab (question → passages, streamed rationale, answer, timings), a KB search tab and an
+    About tab (the bundle's evaluation card).
 
     Args:
         pipe: an open bundle (``kardlite.runtime.load``).
@@ -120,6 +121,8 @@ def build(pipe: Pipeline) -> Any:
             hits = gr.HTML(elem_id="kb-hits")
             find.click(search, [query, retriever, k], hits)
             query.submit(search, [query, retriever, k], hits)
+        with gr.Tab("About this bundle"):
+            gr.Markdown(view.about_markdown(pipe.manifest, pipe.card, pipe.settings), elem_id="about")
     return page
 
 

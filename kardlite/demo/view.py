@@ -65,6 +65,30 @@ def bundle_line(manifest: Mapping[str, Any]) -> str:
             f"to the student.{mode}")
 
 
+def about_markdown(manifest: Mapping[str, Any], card: Any, settings: Any = None) -> str:
+    """The About tab: the bundle line, then its evaluation card (measured numbers, or plainly that there are none;
+    intended use; known limits), with stale or differently-measured numbers flagged.
+
+    Args:
+        manifest: the bundle's manifest.
+        card: its :class:`~kardlite.card.EvaluationCard` (``Pipeline.card``).
+        settings: the bundle's :class:`~kardlite.settings.InferenceSettings` (``Pipeline.settings``).
+    """
+    from kardlite.card import summary
+
+    head = "## Measured numbers" if card.measured else "## No measured numbers"
+    out = [f"{bundle_line(manifest)}", "", head, ""]
+    for line in summary(card, manifest, settings):
+        text = escape(line.text, quote=False)
+        if line.label:
+            out += ["", f"**{line.label}:** {text}".rstrip()]
+        elif line.warning:
+            out.append(f"{'  ' * line.level}- **{text}**" if line.level else f"**{text}**")
+        else:
+            out.append(f"{'  ' * line.level}- {text}")
+    return "\n".join(out) + "\n"
+
+
 def audit_line(path: Any) -> str:
     """Where answers are logged (markdown, after the bundle line), or that they are not."""
     if path is None:

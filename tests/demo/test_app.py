@@ -49,3 +49,5 @@ def test_demo_passes_its_audit_log_to_the_answer_and_the_page(demo_bundle_fast: 
             page = build(pipe)
         header = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "disclaimer")
         assert expected in header.value
+        about = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "about")
+        assert "No measured numbers" in about.value and "Known limits" in about.value  # the card, as exported

@@ -71,3 +71,27 @@ def test_confidence_and_abstention_are_shown() -> None:
 def test_audit_line_says_where_answers_are_logged() -> None:
     assert "not logged" in view.audit_line(None) and "--audit-log" in view.audit_line(None)
     assert view.audit_line("/var/log/<kard>.jsonl") == " Every answer is logged to `/var/log/&lt;kard&gt;.jsonl`."
+
+
+def test_about_tab_shows_the_card_or_says_plainly_that_nothing_was_measured() -> None:
+    from kardlite.card import EvaluationCard, Task, measure
+    from kardlite.settings import InferenceSettings
+
+    manifest = {"student": {"quant": "Q4_K_M", "parameters": 135e6}, "retrieval": {"first_stage": "bm25"},
+                "files": {"student.gguf": {"sha256": "1" * 64, "bytes": 9}}}
+    blank = view.about_markdown(manifest, EvaluationCard.unmeasured("b"))
+    assert "## No measured numbers" in blank and "**no measured numbers:" in blank and "% (95% CI" not in blank
+    assert "**Known limits:**" in blank and "not a medical device" in blank and "**Intended use:**" in blank
+    settings = InferenceSettings().resolve(mode="kard", has_dense=False)
+    e = measure([True, False, True, True], split="test", task=Task("<b>toy</b>"), settings=settings,
+                manifest=manifest, measured_by="test", confidence=[0.9, 0.1, 0.8, 0.7], confidence_raw=[0.6] * 4)
+    card = EvaluationCard.unmeasured("b").with_evaluations([e])
+    shown = view.about_markdown(manifest, card, settings)
+    assert "## Measured numbers" in shown and "- test: accuracy 75.0% (95% CI " in shown
+    assert "&lt;b&gt;toy&lt;/b&gt;" in shown and "<b>toy" not in shown  # text from the card is escaped
+    assert "stale" not in shown and "other settings" not in shown
+    # after a KB update and with other settings, the numbers are flagged, in bold
+    changed = {**manifest, "files": {**manifest["files"], "kb/manifest.json": {"sha256": "2" * 64, "bytes": 1}}}
+    flagged = view.about_markdown(changed, card, settings.updated(n_docs=2))
+    assert "  - **stale: kb changed since it was measured**" in flagged
+    assert "**measured with other settings than the bundle's: n_docs 5 (bundle: 2)**" in flagged
