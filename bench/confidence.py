@@ -8,7 +8,9 @@ are appended to a cache file under ``runs/`` so that an interrupted run resumes.
 dev answers with a valid letter (an answer without one gets confidence 0 and counts as wrong); on test it reports
 accuracy at 100/80/50 % coverage (answering only the most confident), ECE (10 bins) before and after calibration,
 and draws the risk-coverage curves. Writes ``<out>/<name>.md``, ``.json`` and ``.png``; ``--install`` stores the
-calibrator in the bundle (``calibration.json``, hashed in its manifest), so that ``load`` uses it.
+calibrator in the bundle (``calibration.json``, hashed in its manifest), so that ``load`` uses it, and records the
+dev and test evaluations in the bundle's card (``card.json``: accuracy with its 95% interval on both, the
+calibrated confidence's ECE and accuracy at 100/80/50 % coverage on test), in the same atomic change.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from kardlite._io import iter_jsonl
+from kardlite.card import Task, data_files, measure, record_evaluations
 from kardlite.runtime.confidence import (
     Calibrator,
     accuracy_at_coverage,
     expected_calibration_error,
-    install_calibrator,
     risk_coverage,
 )
 
@@ -45,6 +47,18 @@ def _items(args: argparse.Namespace) -> tuple[list[Any], list[Any], str]:
     if not args.dev or not args.test:
         sys.exit("give --dev and --test task files, or --demo")
     return load_task(args.dev), load_task(args.test), f"dev {args.dev}, test {args.test}"
+
+
+def _tasks(args: argparse.Namespace) -> tuple[Task, Task]:
+    """The dev and test tasks as the card names them: the task's name and its data files' sha256s."""
+    if args.demo:
+        from kardlite.demo import demo_dir
+
+        files = data_files(sorted(demo_dir().glob("questions_*.jsonl")))  # each file holds every split
+        name = args.task_name or "kardlite demo (embedded)"
+        return Task(name, files), Task(name, files)
+    return (Task(args.task_name or args.dev.name, data_files([args.dev])),
+            Task(args.task_name or args.test.name, data_files([args.test])))
 
 
 def _run(pipe: Any, items: list[Any], split: str, cache: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -178,7 +192,9 @@ def main() -> None:
     ap.add_argument("--name", default="confidence", help="file stem of the page, JSON and plot")
     ap.add_argument("--label", default=None, help="what the bundle is, for the page's title")
     ap.add_argument("--cache", type=Path, default=None, help="answer cache (default runs/confidence/<bundle>.jsonl)")
-    ap.add_argument("--install", action="store_true", help="store the fitted calibrator in the bundle")
+    ap.add_argument("--install", action="store_true",
+                    help="store the fitted calibrator in the bundle and record dev and test in its card")
+    ap.add_argument("--task-name", default=None, help="the task's name in the card (default: the file names)")
     ap.add_argument("--note", default=None, help="a paragraph at the top of the page (markdown)")
     args = ap.parse_args()
 
@@ -192,6 +208,8 @@ def main() -> None:
         samples = int(args.samples or pipe.decoding.get("samples", 1))
         settings = {"samples": samples, "manifest_sha256": pipe.manifest_sha256}
         manifest = pipe.manifest
+        measured = pipe.settings if samples == (1 if pipe.settings.greedy else pipe.settings.samples) else \
+            pipe.settings.updated(decoding="sc" if samples > 1 else "greedy", samples=samples if samples > 1 else None)
         dev = _run(pipe, dev_items, "dev", cache, settings)
         test = _run(pipe, test_items, "test", cache, settings)
     wall = time.perf_counter() - started
@@ -225,8 +243,15 @@ def main() -> None:
                                                         if a != "--note" and a != args.note)
     (args.out / f"{args.name}.md").write_text(_page(result, args.name, command, args.note))
     if args.install:
-        install_calibrator(args.bundle, cal)
-        print(f"calibrator installed in {args.bundle}")
+        # One atomic change: the calibrator and the card that measured it.
+        dev_task, test_task = _tasks(args)
+        card = record_evaluations(args.bundle, [
+            measure([r["correct"] for r in dev], split="dev", task=dev_task, settings=measured, manifest=manifest,
+                    measured_by="bench/confidence.py", invalid=[not r["valid"] for r in dev]),
+            measure(correct.tolist(), split="test", task=test_task, settings=measured, manifest=manifest,
+                    measured_by="bench/confidence.py", invalid=[not r["valid"] for r in test],
+                    confidence=calibrated.tolist(), confidence_raw=raw.tolist())], calibrator=cal)
+        print(f"calibrator installed in {args.bundle}; its card records {[e.split for e in card.evaluations]}")
     print(json.dumps({k: result[k] for k in ("dev", "test", "meets")}, indent=2))
 
 
