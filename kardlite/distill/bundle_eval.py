@@ -18,6 +18,7 @@ from typing import Any
 
 from kardlite._io import atomic_write_json
 from kardlite.answers import stated_answers
+from kardlite.bundle_format import MANIFEST, bundle_settings, read_manifest
 from kardlite.card import (
     Evaluation,
     EvaluationCard,
@@ -32,7 +33,7 @@ from kardlite.distill.report import METRICS, PREDICTIONS, SETTINGS, _read_done, 
 from kardlite.errors import ArtifactError, InputError
 
 MEASURED_BY = "kardlite eval --bundle"
-_FREE = ("name",)  # may change between sessions of one run
+_FREE = ("name", "bundle")  # may change between sessions of one run (the bundle's parts are compared)
 
 
 def evaluate_bundle(bundle: str | Path, items: Sequence[QAItem], out_dir: str | Path, *, task: Task,
@@ -70,37 +71,43 @@ def evaluate_bundle(bundle: str | Path, items: Sequence[QAItem], out_dir: str | 
         if item.label is None or not item.options:
             raise InputError(f"item {item.id!r} has no gold label or no options", field="label")
     out = Path(out_dir)
-    with load(bundle, threads=threads) as pipe:
-        s = pipe.settings
-        evaluation_settings = {
-            **s.to_dict(), "name": name or out.name, "bundle": str(bundle), "split": split,
-            "task": {"name": task.name, "files": [f.sha256 for f in task.files]},
-            "measured_on": bundle_parts(pipe.manifest), "calibrator": calibrator_sha256(pipe.manifest),
-            "retriever": "reranker" if pipe.retriever.reranker is not None else s.first_stage,
-            "samples": 1 if s.greedy else s.samples, "items": [it.id for it in items]}
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / SETTINGS
-        if path.is_file():
-            old = json.loads(path.read_text(encoding="utf-8"))
-            diff = [k for k in evaluation_settings if k not in _FREE and old.get(k) != evaluation_settings[k]]
-            if diff:
-                raise ArtifactError(f"{out}: holds results of another bundle, settings or questions "
-                                    f"({', '.join(diff)}); use a new output folder")
-        atomic_write_json(path, evaluation_settings)
-        done = _read_done(out / PREDICTIONS)
-        todo = [it for it in items if it.id not in done]
-        started = time.time()
-        with open(out / PREDICTIONS, "a", encoding="utf-8") as fh, \
-                tqdm(total=len(items), initial=len(items) - len(todo), desc="eval bundle") as bar:
-            for item in todo:
-                t0 = time.perf_counter()
-                answer = pipe.ask(item.question, list(item.options))
-                row = _row(item, answer, time.perf_counter() - t0)
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                fh.flush()
-                done[item.id] = row
-                bar.update(1)
-        manifest = pipe.manifest
+    # What is measured, from the manifest alone: a finished run (re-run to record its card again) or one made with
+    # another bundle or other questions is settled before the model is loaded.
+    manifest = read_manifest(bundle)
+    s, _ = bundle_settings(manifest, where=str(Path(bundle) / MANIFEST))
+    reranked = bool(s.rerank and (manifest.get("retrieval") or {}).get("reranker"))
+    evaluation_settings = {
+        **s.to_dict(), "name": name or out.name, "bundle": str(bundle), "split": split,
+        "task": {"name": task.name, "files": [f.sha256 for f in task.files]},
+        "measured_on": bundle_parts(manifest), "calibrator": calibrator_sha256(manifest),
+        "retriever": "reranker" if reranked else s.first_stage, "samples": 1 if s.greedy else s.samples,
+        "items": [it.id for it in items]}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SETTINGS
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = [k for k in evaluation_settings if k not in _FREE and old.get(k) != evaluation_settings[k]]
+        if diff:
+            raise ArtifactError(f"{out}: holds results of another bundle, settings or questions "
+                                f"({', '.join(diff)}); use a new output folder")
+    atomic_write_json(path, evaluation_settings)
+    done = _read_done(out / PREDICTIONS)
+    todo = [it for it in items if it.id not in done]
+    started = time.time()
+    if todo:
+        with load(bundle, threads=threads) as pipe:
+            if bundle_parts(pipe.manifest) != evaluation_settings["measured_on"] or pipe.settings != s:
+                raise ArtifactError(f"{bundle}: changed while the evaluation started; run it again")
+            with open(out / PREDICTIONS, "a", encoding="utf-8") as fh, \
+                    tqdm(total=len(items), initial=len(items) - len(todo), desc="eval bundle") as bar:
+                for item in todo:
+                    t0 = time.perf_counter()
+                    answer = pipe.ask(item.question, list(item.options))
+                    row = _row(item, answer, time.perf_counter() - t0)
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    fh.flush()
+                    done[item.id] = row
+                    bar.update(1)
     rows = [done[it.id] for it in items]
     evaluation = measure([r["correct"] for r in rows], split=split, task=task, settings=s, manifest=manifest,
                          measured_by=MEASURED_BY, invalid=[r["invalid"] for r in rows],
