@@ -256,10 +256,17 @@ def run_arm(arm: str, data: dict[str, Any], args: argparse.Namespace, dev: list[
     curve = []
     ways = scorings(mode, fmt)
     for step in [s for s in list_snapshots(run_dir) if s < steps][:3]:
+        # each point is kept in the run folder as soon as it is scored: a restart scores only the missing ones
+        point_file = run_dir / f"curve-{step:06d}.json"
+        if point_file.is_file():
+            curve.append(json.loads(point_file.read_text(encoding="utf-8")))
+            print(f"   {arm} step {step}: {curve[-1]} (kept)", flush=True)
+            continue
         model = snapshot_model(run_dir, step, args.run / "snapshots" / f"{arm}-{step:06d}")
         student = load_student(model)
         rows = score(student, dev, passages, mode, fmt, [primary(mode)], student.info["max_new_tokens"], facts)
         curve.append({"step": step, "accuracy": _accuracy(rows, primary(mode))})
+        atomic_write_text(point_file, json.dumps(curve[-1]) + "\n")
         print(f"   {arm} step {step}: {curve[-1]}", flush=True)
     student = load_student(run_dir)
     rows = score(student, dev, passages, mode, fmt, ways, student.info["max_new_tokens"], facts)

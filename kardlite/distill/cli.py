@@ -122,7 +122,7 @@ def train_student_cmd(
     = _TRAIN.max_target_tokens,
     max_batch_tokens: Annotated[int | None, typer.Option(
         help="Tokens per forward pass; a micro-batch over it is split (same result, less memory: 512 "
-             "keeps a 135M student under 3 GB).")] = _TRAIN.max_batch_tokens,
+             "keeps a 135M student at ~3 GB peak).")] = _TRAIN.max_batch_tokens,
     group_by_length: Annotated[bool, typer.Option(help="Batches of similar length (less padding).")]
     = _TRAIN.group_by_length,
     freeze_layers: Annotated[int, typer.Option(help="Train only decoder layers >= N (faster backward).")]

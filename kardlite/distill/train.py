@@ -61,9 +61,10 @@ class StudentTrainConfig:
     max_target_tokens: int | None = None
     # --- throughput on a CPU (bench/train_speed.py measures each; none changes what is learnt) ---
     group_by_length: bool = True  # batches of similar length: less padding (order still seeded and shuffled)
-    # Split a micro-batch so no forward pass holds more tokens: the same result in less memory. 2048 was the fastest
-    # setting measured (bench/train_speed.py: peak RSS ~7 GB at batch 8 of KARD rows); 512 keeps training under 3 GB.
-    max_batch_tokens: int | None = 2048
+    # Split a micro-batch so no forward pass holds more tokens: the same result in less memory. On two idle cores
+    # (bench/train_speed.py, docs/results/train-speed.md) 1024 was as fast as 2048 (1.53x vs 1.52x the old
+    # baseline's tokens/s) at 4.7 GB peak RSS instead of 6.3 GB; 512 keeps training near 3 GB at 1.40x.
+    max_batch_tokens: int | None = 1024
     freeze_layers: int = 0  # train (LoRA or full) only decoder layers >= N: no backward through the lower ones
     # Decoders: put several short examples in one row (positions restart per example, attention stays within it)
     # instead of padding every row to the longest. Off by default: with length-grouped batches padding is ~1% and
@@ -521,8 +522,10 @@ def train_student(examples_path: str | Path, out_dir: str | Path, config: Studen
 
     # resume
     # A checkpoint resumes only the same data and the same hyper-parameters; the run length may change.
-    # Packing changes how the same loss is computed, not what is learnt: a run may resume with it switched.
-    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra", "snapshot_every", "pack"}
+    # Packing and the per-pass token cap change how the same loss is computed, not what is learnt: a run may resume
+    # with either switched (a run started under the old 2048 default resumes under the new one).
+    free = {"max_steps", "epochs", "save_every", "eval_every", "log_every", "extra", "snapshot_every", "pack",
+            "max_batch_tokens"}
     expect = {"examples_sha256": examples_sha, "config": {k: v for k, v in asdict(cfg).items() if k not in free}}
     state = _load_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, expect)
     if state is None:
