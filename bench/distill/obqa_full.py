@@ -22,6 +22,11 @@ after an interruption — a kill, a reboot, the end of a sitting — continues w
     .venv/bin/python bench/distill/obqa_full.py --stage report                    # page from what is done so far
     .venv/bin/python bench/distill/obqa_full.py --systems ft,kard --stage train   # a part
 
+The students' recipe (answer format, answer scorings, lr, frozen layers) is the one chosen on dev by
+``bench/distill/obqa_recipe.py`` (``--recipe``, its JSON): the run refuses to start before that choice is final,
+so 11 CPU-hours are never spent on an unchosen recipe; explicit options override it, ``--recipe none`` uses the
+paper's letter answers.
+
 ``--train-limit/--test-limit/--dev-limit/--max-steps/--student`` make a small run (the tests use them).
 """
 
@@ -188,7 +193,7 @@ def stage_train(run: Run, systems: set[str]) -> None:
             continue
         flags = ["--epochs", str(a.epochs), "--batch-size", "8", "--max-source-tokens", "384", "--lr", str(a.lr),
                  "--save-every", str(a.save_every), "--snapshot-every", str(a.snapshot_every), "--dev-fraction", "0",
-                 "--answer-format", a.answer_format]
+                 "--answer-format", a.answer_format, "--freeze-layers", str(a.freeze_layers)]
         if a.max_steps:
             flags += ["--max-steps", str(a.max_steps)]
         if a.student:
@@ -457,6 +462,7 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
             "## Set-up", "", *SETUP,
             f"- Recipe of this run: answer format `{run.args.answer_format}`, answer-only systems scored by "
             f"`{run.args.scoring}`, RD and KARD by `{run.args.rationale_scoring}`, lr {run.args.lr}, "
+            f"lower layers frozen: {run.args.freeze_layers}, from `--recipe {Path(str(run.args.recipe)).name}`, "
             f"{run.args.epochs} epoch(s), `--per-item {run.args.per_item} --select {run.args.select}`.",
             "", "## Results", "", render_tables(result)]
     if notes.is_file():
@@ -538,6 +544,46 @@ def render_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+RECIPE = ROOT / "docs" / "results" / "obqa-recipe.json"
+# What the full run uses when there is no recipe (--recipe none): the paper's letter answers, read by likelihood.
+NO_RECIPE = {"answer_format": "letter", "scoring": "letter", "rationale_scoring": "generated", "lr": 1e-3,
+             "freeze_layers": 0}
+
+
+def recipe_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The full run's settings from the recipe chosen on dev: the chosen arm's answer format, scoring, lr and
+    frozen layers; RD and KARD read their answer the way that scored best for the recipe's KARD arm.
+
+    Raises ValueError when the recipe run has not finished (the choice would not be the dev-chosen one) or names no
+    chosen arm."""
+    if not recipe.get("finished"):
+        raise ValueError("the recipe chosen on dev is not finished (bench/distill/obqa_recipe.py has arms left): "
+                         "finish it first, or pass --recipe none with explicit --answer-format/--scoring/--lr")
+    arms, chosen = recipe.get("arms") or {}, recipe.get("chosen")
+    if chosen not in arms:
+        raise ValueError(f"the recipe names no chosen arm among its arms (chosen: {chosen!r})")
+    arm = arms[chosen]
+    kard = {k: v for k, v in arms.items() if v.get("mode") == "kard"}
+    best_kard = max(kard.values(), key=lambda v: v["accuracy"]) if kard else None
+    return {"answer_format": arm["answer_format"], "scoring": "text" if arm["scoring"] == "text" else "letter",
+            "rationale_scoring": best_kard["scoring"] if best_kard else "generated", "lr": arm["lr"],
+            "freeze_layers": arm.get("freeze_layers", 0)}
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill every setting left unset on the command line from ``--recipe`` (explicit options win)."""
+    if str(args.recipe).lower() == "none":
+        settings = NO_RECIPE
+    else:
+        path = Path(args.recipe)
+        if not path.is_file():
+            raise ValueError(f"{path}: no recipe file (run bench/distill/obqa_recipe.py, or pass --recipe none)")
+        settings = recipe_settings(json.loads(path.read_text(encoding="utf-8")))
+    for key, value in settings.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--obqa", type=Path,
@@ -550,7 +596,7 @@ def main() -> None:
     p.add_argument("--select", default="shortest", choices=["first", "shortest", "random"])
     p.add_argument("--k", type=int, default=3, help="passages per training prompt (and at test: the student's)")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (--recipe)")
     p.add_argument("--snapshot-every", type=int, default=155, help="steps between learning-curve snapshots")
     p.add_argument("--save-every", type=int, default=10, help="steps between training checkpoints (resume points)")
     p.add_argument("--student", default=None, help="base student (default: the packaged SmolLM2-135M-Instruct)")
@@ -561,16 +607,25 @@ def main() -> None:
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "results" / "obqa-full.md")
     p.add_argument("--results", type=Path, default=None,
                    help="committed per-part results (default: the report's name as a folder beside it)")
-    p.add_argument("--answer-format", default="letter", choices=["letter", "text", "both"],
-                   help="what the students' targets write after 'Answer:' (the recipe: docs/results/obqa-recipe.md)")
-    p.add_argument("--scoring", default="letter", choices=["letter", "text"],
-                   help="how answer-only systems (base, ft, ft-rag, ka-ft) pick their answer")
+    p.add_argument("--recipe", default=str(RECIPE),
+                   help="the recipe chosen on dev (bench/distill/obqa_recipe.py's JSON): answer format, scorings, lr "
+                        "and frozen layers not given here are taken from it; 'none' = the built-in defaults")
+    p.add_argument("--answer-format", default=None, choices=["letter", "text", "both"],
+                   help="what the students' targets write after 'Answer:' (default: the recipe's)")
+    p.add_argument("--scoring", default=None, choices=["letter", "text"],
+                   help="how answer-only systems (base, ft, ft-rag, ka-ft) pick their answer (default: the recipe's)")
+    p.add_argument("--freeze-layers", type=int, default=None, help="default: the recipe's")
     p.add_argument("--gen-backend", default="gguf", choices=["gguf", "torch"],
                    help="back-end of the generating systems (rd, kard-*): gguf = the exported Q8_0, as a bundle")
     p.add_argument("--agree-n", type=int, default=100, help="test questions scored by both back-ends (kard-bm25)")
-    p.add_argument("--rationale-scoring", default="generated", choices=["generated", "text"],
-                   help="how rd and kard pick theirs: the generated answer line, or option text after the rationale")
+    p.add_argument("--rationale-scoring", default=None, choices=["generated", "text"],
+                   help="how rd and kard pick theirs: the generated answer line, or option text after the rationale "
+                        "(default: the recipe's)")
     args = p.parse_args()
+    try:
+        apply_recipe(args)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     random.seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ SCRIPT = ROOT / "bench" / "distill" / "obqa_full.py"
 def _cmd(obqa: Path, run: Path, student: Path, report: Path) -> list[str]:
     return [sys.executable, str(SCRIPT), "--obqa", str(obqa), "--run", str(run), "--student", str(student),
             "--systems", "ft,kard-bm25", "--train-limit", "16", "--test-limit", "4", "--dev-limit", "4",
-            "--max-steps", "4", "--save-every", "2", "--snapshot-every", "2", "--agree-n", "3", "--report", str(report)]
+            "--max-steps", "4", "--save-every", "2", "--snapshot-every", "2", "--agree-n", "3", "--report", str(report),
+            "--recipe", "none"]
 
 
 # Loaded by every Python process of the first sitting (a sitecustomize on its PYTHONPATH): the KARD student's
@@ -129,3 +131,37 @@ def test_mcnemar_and_bootstrap():
     assert lo < 0.75 < hi and hi - lo < 0.35
     lo, hi = paired_bootstrap_ci(a, b)
     assert 0 < lo < 0.25 < hi
+
+
+def test_the_full_run_takes_its_settings_from_the_finished_recipe(tmp_path):
+    """Unset options come from the recipe chosen on dev, explicit ones win, and an unfinished recipe is refused."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from obqa_full import apply_recipe, recipe_settings
+
+    arms = {"ka-ft-text/text": {"mode": "ka-ft", "answer_format": "text", "scoring": "text", "lr": 5e-4,
+                                "freeze_layers": 0, "accuracy": 0.34},
+            "kard-best/generated": {"mode": "kard", "answer_format": "text", "scoring": "generated", "lr": 5e-4,
+                                    "freeze_layers": 0, "accuracy": 0.22},
+            "kard-best/text": {"mode": "kard", "answer_format": "text", "scoring": "text", "lr": 5e-4,
+                               "freeze_layers": 0, "accuracy": 0.30}}
+    recipe = {"arms": arms, "chosen": "ka-ft-text/text", "finished": True}
+    assert recipe_settings(recipe) == {"answer_format": "text", "scoring": "text", "rationale_scoring": "text",
+                                       "lr": 5e-4, "freeze_layers": 0}
+    with pytest.raises(ValueError, match="not finished"):
+        recipe_settings({**recipe, "finished": False})
+    with pytest.raises(ValueError, match="no chosen arm"):
+        recipe_settings({**recipe, "chosen": "ft-letter/letter"})
+
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    args = argparse.Namespace(recipe=str(path), answer_format=None, scoring="letter", rationale_scoring=None, lr=None,
+                              freeze_layers=None)
+    apply_recipe(args)
+    assert (args.answer_format, args.scoring, args.rationale_scoring, args.lr, args.freeze_layers) == \
+        ("text", "letter", "text", 5e-4, 0)  # --scoring letter was given: it wins
+    none = argparse.Namespace(recipe="none", answer_format=None, scoring=None, rationale_scoring=None, lr=None,
+                              freeze_layers=None)
+    apply_recipe(none)
+    assert (none.answer_format, none.scoring, none.lr) == ("letter", "letter", 1e-3)
+    with pytest.raises(ValueError, match="no recipe file"):
+        apply_recipe(argparse.Namespace(recipe=str(tmp_path / "missing.json")))
