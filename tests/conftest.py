@@ -64,3 +64,31 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.export.builders import build_tiny_bundle
 
     return build_tiny_bundle(_tiny_root(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from kardlite._hf import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A randomly initialised 2-layer llama (transformers' default init) saved with the real SmolLM2 tokenizer and
+    chat template: the students of tests/distill and tests/demo train it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=smol_tokenizer.bos_token_id,
+                         eos_token_id=smol_tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    smol_tokenizer.save_pretrained(out)
+    return out

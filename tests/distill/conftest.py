@@ -1,7 +1,7 @@
-"""Fixtures for the student stage: a tiny random llama with the real SmolLM2 tokenizer, a tiny BM25 KB.
+"""Fixtures for the student stage: tiny questions and rationales, a tiny T5, a tiny BM25 KB.
 
-Most training-path tests use the tiny llama (hidden 64, 2 layers): real transformers/peft code, seconds per
-run. One slow test uses the real packaged SmolLM2.
+Most training-path tests use the tiny llama of tests/conftest.py (``tiny_llama_dir``: hidden 64, 2 layers): real
+transformers/peft code, seconds per run. One slow test uses the real packaged SmolLM2.
 """
 
 from __future__ import annotations
@@ -51,33 +51,6 @@ def write_rationales(path: Path, rationales: dict[str, list[str]] = RATIONALES) 
             for i, text in enumerate(texts):
                 fh.write(json.dumps({"item_id": qid, "rationale_index": i, "text": text}) + "\n")
     return path
-
-
-@pytest.fixture(scope="session")
-def smol_tokenizer():
-    from transformers import AutoTokenizer
-
-    from kardlite._hf import resolve
-
-    return AutoTokenizer.from_pretrained(resolve("smollm2"))
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
-    """A randomly initialised 2-layer llama saved with the real SmolLM2 tokenizer and chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=smol_tokenizer.bos_token_id,
-                         eos_token_id=smol_tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out, safe_serialization=True)
-    smol_tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")
