@@ -44,6 +44,7 @@ app.command("info", rich_help_panel=PANEL_SHIP)(_export_cli.info)
 from kardlite.demo import cli as _demo_cli  # noqa: E402
 
 app.command("demo", rich_help_panel=PANEL_SHIP)(_demo_cli.demo)
+train_app.command("demo-adapter")(_demo_cli.adapter)
 # --- end of stage registrations ---
 
 

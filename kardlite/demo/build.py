@@ -5,45 +5,53 @@ interrupted build resumes where it stopped)::
 
     1 kb         demo passages -> KnowledgeBase (BM25 + int8 MiniLM + HNSW)
     2 reranker   demo train rationales -> candidates labelled by rationale-BM25 -> late interaction -> int8 ONNX
-    3 student    demo train rationales + rationale-retrieved passages -> SmolLM2-135M + LoRA (KARD examples)
+    3 student    the shipped LoRA adapter (kardlite/demo/adapter, see adapter.py) merged into SmolLM2-135M when
+                 it matches the installed base model and demo data; else demo train rationales + rationale-retrieved
+                 passages -> SmolLM2-135M + LoRA (KARD examples), trained here
     4 bundle     export_bundle: merged student -> Q4_K_M GGUF (verified), reranker -> int8 ONNX, KB copied;
                  manifest.json gets a ``demo`` section recording the mode that built it
 
 ``fast=True`` (or ``KARDLITE_FAST=1``) trains nothing: the first-stage hybrid retriever without a reranker and
 the packaged base SmolLM2 GGUF as the student. It exists so tests and CI get a real bundle in about a minute;
-its answers are those of an untrained 135M model.
+its answers are those of an untrained 135M model; it never reads the shipped adapter.
+
+The student's recipe (prompt mode, passages per example, training settings) is
+:class:`~kardlite.demo.recipe.StudentRecipe`, its defaults in one place (kardlite/demo/recipe.py): the demo build,
+``--retrain`` and ``kardlite train demo-adapter`` (:func:`make_demo_adapter`) all read it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from kardlite._io import read_json, write_jsonl
+from kardlite.demo.recipe import (
+    N_DOCS,
+    STUDENT_MODE,
+    STUDENT_QUERY,
+    STUDENT_RETRIEVER,
+    STUDENT_SETTINGS,
+    StudentRecipe,
+)
+from kardlite.errors import InputError
 
 Mode = Literal["fast", "full"]
 
 # Small settings that fit the "at most 10 minutes on 2 cores" budget of a first start. Training cost dominates:
 # a reranker step (8 queries x 8 candidates x 128 tokens) costs a few seconds on 2 cores and a student step
 # (4 examples x ~500 tokens, LoRA, backward through all 30 layers) tens of seconds. So the reranker keeps 2 of
-# MiniLM's 6 layers and sees each of the ~200 training queries once; the student takes 12 LoRA steps (48 of the
-# 216 examples) at a high LoRA learning rate: enough to learn the explain-then-"Answer: X" format and the use of
-# passages, not the medicine.
+# MiniLM's 6 layers and sees each of the ~200 training queries once; the student's recipe (kardlite/demo/recipe.py,
+# STUDENT_SETTINGS) takes 12 LoRA steps, unless the repository ships an adapter trained longer (adapter.py).
 # The reranker is late interaction: its MaxSim over MiniLM token vectors ranks well from the first step, and the
 # runtime caches the KB's passage vectors at load, so a question costs one short encoding (~30 ms first stage +
 # rerank of the pool of 50). A cross-encoder's fresh head needs hundreds of steps: at this budget it stayed at
 # chance and pushed the gold passage out of the two shown (bench/demo_reranker.py, docs/results/reranker-obqa.md).
 RERANK_SETTINGS: dict[str, Any] = {"kind": "late-interaction", "objective": "kl", "epochs": 1,
                                    "queries_per_batch": 8, "max_length": 128, "num_layers": 2, "lr": 2e-4}
-# The prompt budget is the runtime's as well (the bundle carries it), so training and inference see one prompt.
-STUDENT_SETTINGS: dict[str, Any] = {"max_steps": 12, "batch_size": 4, "grad_accum": 1, "lr": 5e-4,
-                                    "max_source_tokens": 384, "max_target_tokens": 160, "lora_r": 16,
-                                    "lora_alpha": 32, "dev_fraction": 0.0, "save_every": 4}
-# Passages per training example, and so shown at run time (the trained student records it; the fast mode's base
-# model has no record, so the bundle is given it): demo questions name one or two gold passages each.
-N_DOCS = 2
 FAST_MAX_NEW_TOKENS = 128  # the untrained base of the fast mode rarely ends with an answer line: keep it short
 QUANT = "Q4_K_M"
 
@@ -66,30 +74,49 @@ def bundle_mode(path: str | Path) -> Mode | None:
     return mode if mode in ("fast", "full") else None
 
 
-def build_demo_bundle(out: str | Path = "exports/demo", *, fast: bool | None = None, progress: bool = True) -> Path:
+def build_demo_bundle(out: str | Path = "exports/demo", *, fast: bool | None = None, progress: bool = True,
+                      retrain: bool = False, adapter: str | Path | None = None) -> Path:
     """Build (or reuse) the demo bundle that ``kardlite demo`` and the notebooks load.
 
     A complete bundle at ``out`` is reused in seconds: any complete bundle when ``fast``, a full-mode one
-    otherwise (a fast bundle is upgraded by a full build). Intermediate stages live in ``<out>.work/`` and are
-    reused stage by stage.
+    otherwise (a fast bundle is upgraded by a full build) whose student came the way this build would make it:
+    from the same shipped adapter, or trained here when there is no usable adapter (or ``retrain``).
+    Intermediate stages live in ``<out>.work/`` and are reused stage by stage.
+
+    The full build's student is the shipped LoRA adapter (``kardlite/demo/adapter``) merged into the base model,
+    without training, when its manifest's base-model and demo-data sha256s match this installation; a mismatch
+    is printed (which file differs) and the student is trained here instead, with the adapter's recipe.
 
     Args:
         out: the bundle folder.
         fast: skip training (no reranker, the base SmolLM2 as student); None = read ``KARDLITE_FAST``.
         progress: print stage lines and show progress bars.
+        retrain: ignore the shipped adapter and train the student from scratch with its manifest's recipe (the
+            defaults, :class:`StudentRecipe`, when there is no adapter); a bundle made from the adapter is rebuilt.
+        adapter: the adapter folder (default: the shipped ``kardlite/demo/adapter``; absent = train).
 
     Returns:
         ``out`` as a Path, holding a bundle that ``kardlite.runtime.load`` opens.
+
+    Raises:
+        ArtifactError: the adapter's files are corrupt (the message names the file and field).
 
     Example:
         >>> from kardlite.demo.build import build_demo_bundle
         >>> bundle = build_demo_bundle(fast=True)          # doctest: +SKIP
     """
     fast = is_fast() if fast is None else fast
+    if fast and retrain:
+        raise InputError("retrain builds the full bundle; the fast one trains nothing", field="retrain")
     mode: Mode = "fast" if fast else "full"
     out = Path(out)
     have = bundle_mode(out)
-    if have == "full" or (have == "fast" and fast):
+    if have == "fast" and fast:
+        _say(progress, f"demo bundle ({have} mode) ready at {out}")
+        return out
+    # The fast mode never reads the adapter: it stays a one-minute build that trains and merges nothing.
+    plan = None if fast else _student_plan(adapter, retrain, progress)
+    if have == "full" and (plan is None or _same_student(out, plan)):
         _say(progress, f"demo bundle ({have} mode) ready at {out}")
         return out
     work = out.with_name(out.name + ".work")
@@ -99,11 +126,143 @@ def build_demo_bundle(out: str | Path = "exports/demo", *, fast: bool | None = N
 
     kb = _stage_kb(work / "kb", log)
     reranker = None if fast else _stage_reranker(work, kb, log)
-    student = _stage_student_fast(log) if fast else _stage_student(work, kb, log)
-    _stage_bundle(out, kb, reranker, student, mode, log, started)
+    if plan is None:
+        student = _stage_student_fast(log)
+    elif plan.adapter is not None:
+        student = _stage_student_adapter(work, plan, log)
+    else:
+        student = _stage_student(work, kb, log, plan.recipe)
+    _stage_bundle(out, kb, reranker, student, mode, log, started, plan)
     seconds = time.perf_counter() - started
     _say(progress, f"demo bundle ({mode} mode) built in {seconds:.0f} s: {out}")
     return out
+
+
+DEFAULT_ADAPTER_WORK = Path("exports") / "demo-adapter.work"
+
+
+def make_demo_adapter(out: str | Path | None = None, *, recipe: StudentRecipe | None = None,
+                      work: str | Path = DEFAULT_ADAPTER_WORK, warm_start: str | Path | None = None,
+                      command: str | None = None, progress: bool = True) -> Path:
+    """Train the demo student with ``recipe`` and write its LoRA adapter and manifest (kardlite/demo/adapter.py).
+
+    The stages are the demo build's own (knowledge base, demo train rationales -> examples -> ``train_student``),
+    kept in ``work`` and resumed when re-run; a finished training run is not trained again.
+
+    Args:
+        out: the adapter folder, replaced as a whole (default: the package's ``kardlite/demo/adapter``, which the
+            demo build merges).
+        recipe: the demo student's recipe (default: :class:`~kardlite.demo.recipe.StudentRecipe`'s defaults).
+        work: the folder for the stages (knowledge base, examples, training run).
+        warm_start: a finished LoRA run of ``kardlite train student`` on the same base model (its run folder or
+            its ``model/``), e.g. on OpenBookQA: the demo training starts from its merged model and the adapter
+            stacks both. Recorded in the manifest with its examples' sha256.
+        command: the command line recorded in the manifest (default: ``command_line(recipe, warm_start)``); it
+            must reproduce the recipe and warm start (checked before training).
+        progress: print stage lines.
+
+    Returns:
+        ``out``, holding ``adapter.safetensors`` and ``adapter.json``.
+
+    Raises:
+        InputError: a recipe that cannot train, that the command does not reproduce, or whose adapter would
+            exceed the size limit (all checked before training); a warm start that is not a finished LoRA run on
+            the same base.
+
+    Example:
+        >>> make_demo_adapter(recipe=StudentRecipe(settings={**STUDENT_SETTINGS, "max_steps": 200}))  # doctest: +SKIP
+    """
+    from kardlite.demo import adapter as ad
+    from kardlite.demo.recipe import command_line
+
+    recipe = recipe or StudentRecipe()
+    recipe.check()
+    out = Path(out) if out is not None else ad.shipped_adapter_dir()
+    work = Path(work)
+    cfg = recipe.train_config()
+    if not cfg.lora:
+        raise InputError("the demo adapter is a LoRA adapter; full fine-tuning has none", field="lora")
+    command = command or command_line(recipe, warm_start)
+    _check_command(command, recipe, warm_start)
+    base = ad.base_weights(cfg.student)
+    warm = ad.warm_start_run(warm_start, base) if warm_start is not None else None
+    rank = cfg.lora_r + (warm["lora"]["r"] if warm else 0)
+    size = ad.lora_bytes(cfg.student, rank, cfg.lora_targets)
+    if size > ad.MAX_ADAPTER_BYTES:  # before hours of training, not after
+        raise InputError(f"a rank-{rank} adapter on this base is {size / 1e6:.1f} MB, over the "
+                         f"{ad.MAX_ADAPTER_BYTES / 1e6:.0f} MB limit; lower --lora-r", field="lora_r")
+    log = _Log(progress, total=3)
+    _say(progress, f"making the demo adapter at {out}; stages are kept in {work} and reused")
+    kb = _stage_kb(work / "kb", log)
+    model = _stage_student(work, kb, log, recipe, warm_start=Path(warm["model"]) if warm else None)
+    t = log.stage(f"adapter (LoRA r{rank}, fp16) -> {out}", reused=False)
+    ad.write_adapter(model.parent, out, recipe=recipe, base=base, warm=warm, command=command)
+    log.done(t)
+    return out
+
+
+def _check_command(command: str, recipe: StudentRecipe, warm_start: str | Path | None) -> None:
+    """Refuse, before any training, a command line that would not reproduce ``recipe`` (e.g. a recipe with a
+    setting that ``kardlite train demo-adapter`` has no option for): the manifest must record one that does."""
+    from kardlite.demo.cli import check_command
+
+    problems = check_command({"command": command, "recipe": recipe.to_json(),
+                              "warm_start": {"run": str(warm_start)} if warm_start is not None else None})
+    if problems:
+        raise InputError(f"the command to record does not reproduce the recipe: {'; '.join(problems)}",
+                         field="command")
+
+
+@dataclass
+class _StudentPlan:
+    """Where the full build's student comes from: the verified adapter manifest (merge it) or None (train)."""
+
+    recipe: StudentRecipe
+    adapter: dict[str, Any] | None = None
+    adapter_dir: Path | None = None
+
+
+def _student_plan(adapter: str | Path | None, retrain: bool, progress: bool) -> _StudentPlan:
+    from kardlite.demo import adapter as shipped
+    from kardlite.errors import ArtifactError
+
+    folder = Path(adapter) if adapter is not None else shipped.shipped_adapter_dir()
+    if not (folder / shipped.MANIFEST).is_file():
+        return _StudentPlan(StudentRecipe())  # no adapter: train, exactly as before adapters existed
+    if retrain:
+        try:
+            manifest = shipped.read_manifest(folder, check_weights=False)
+        except (ArtifactError, InputError) as err:
+            _say(progress, f"note: retrain: cannot read the adapter's recipe ({err}); training with the defaults")
+            return _StudentPlan(StudentRecipe())
+        _say(progress, f"retrain: training the student from scratch with the recipe in {folder / shipped.MANIFEST}"
+                       " instead of merging the adapter")
+        if manifest.get("warm_start"):
+            _say(progress, f"note: the adapter was warm-started from {manifest['warm_start']['run']}; this training "
+                           "starts from the base model (to reproduce the warm start: the command in adapter.json)")
+        return _StudentPlan(shipped.manifest_recipe(manifest))
+    manifest = shipped.read_manifest(folder)  # a corrupt adapter is an error that names its file and field
+    problems = shipped.mismatches(manifest, folder)
+    if problems:
+        _say(progress, f"note: the shipped adapter does not fit this installation ({'; '.join(problems)}); "
+                       "training the student here instead, with the adapter's recipe")
+        return _StudentPlan(shipped.manifest_recipe(manifest))
+    return _StudentPlan(shipped.manifest_recipe(manifest), manifest, folder)
+
+
+def _same_student(out: Path, plan: _StudentPlan) -> bool:
+    """Whether the full bundle at ``out`` has the student this plan would make (merged from the same adapter,
+    or trained here)."""
+    try:
+        demo = read_json(out / "manifest.json").get("demo", {})
+    except Exception:
+        return False
+    made = demo.get("adapter")
+    if plan.adapter is None:
+        # trained here: with the same recipe (a bundle from before recipes were recorded was made with the defaults)
+        same = demo["recipe"] == plan.recipe.to_json() if "recipe" in demo else plan.recipe.is_default()
+        return made is None and same  # one merged from an adapter is not kept
+    return isinstance(made, dict) and made.get("sha256") == plan.adapter["adapter"]["sha256"]
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -173,30 +332,66 @@ def _stage_reranker(work: Path, kb: Any, log: _Log) -> Path:
     return torch_dir
 
 
-def _stage_student(work: Path, kb: Any, log: _Log) -> Path:
-    from kardlite.distill import StudentTrainConfig, build_examples, read_kept_rationales, save_examples, train_student
+def _stage_student(work: Path, kb: Any, log: _Log, recipe: StudentRecipe | None = None,
+                   warm_start: Path | None = None) -> Path:
+    """Train the demo student with ``recipe`` (from ``warm_start``, a merged student folder, when given).
 
-    run = work / "student"
+    The default recipe keeps the folders it always had (``examples.jsonl``, ``student/``); any other recipe gets
+    its own, named by its digest, so a finished run of one recipe is never taken for another's.
+    """
+    from kardlite.distill import build_examples, read_kept_rationales, save_examples, train_student
+
+    recipe = recipe or StudentRecipe()
+    cfg = recipe.train_config(student=str(warm_start) if warm_start is not None else None)
+    default = recipe.is_default() and warm_start is None
+    run = work / ("student" if default else f"student-{recipe.key(str(warm_start or ''))}")
     if (run / "manifest.json").is_file() and (run / "model" / "config.json").is_file():
         log.stage("student", reused=True)
         return run / "model"
-    t = log.stage(f"student (SmolLM2-135M + LoRA, KARD, {STUDENT_SETTINGS['max_steps']} steps)", reused=False)
-    examples = work / "examples.jsonl"
+    base = "SmolLM2-135M" if recipe.settings.get("student") is None else Path(str(recipe.settings["student"])).name
+    base += f" warm-started from {warm_start}" if warm_start is not None else ""
+    t = log.stage(f"student ({base} + LoRA, {recipe.mode.upper()}, {cfg.max_steps} steps)", reused=False)
+    same_examples = (recipe.mode, recipe.n_docs, recipe.query) == (STUDENT_MODE, N_DOCS, STUDENT_QUERY)
+    examples = work / ("examples.jsonl" if same_examples else
+                       f"examples-{recipe.mode}-k{recipe.n_docs}-{recipe.query}.jsonl")
     if not examples.is_file():
         from kardlite.demo import demo_questions
 
-        rows = build_examples(demo_questions("train"), read_kept_rationales(_rationales(work)), "kard", kb=kb,
-                              k=N_DOCS, retriever="bm25", kb_path=kb.path)
+        rows = build_examples(demo_questions("train"), read_kept_rationales(_rationales(work)), recipe.mode,
+                              kb=kb, k=recipe.n_docs, retriever=STUDENT_RETRIEVER, kb_path=kb.path,
+                              query=recipe.query)
         save_examples(rows, examples)
     steps: list[float] = []
 
     def on_step(step: int, loss: float) -> None:
         steps.append(loss)
-        _say(log.enabled, f"      step {step}/{STUDENT_SETTINGS['max_steps']}  loss {loss:.3f}")
+        _say(log.enabled, f"      step {step}/{cfg.max_steps}  loss {loss:.3f}")
 
-    model = train_student(examples, run, StudentTrainConfig(**STUDENT_SETTINGS), on_step=on_step)
+    model = train_student(examples, run, cfg, on_step=on_step)
     log.done(t)
     return Path(model)
+
+
+def _stage_student_adapter(work: Path, plan: _StudentPlan, log: _Log) -> Path:
+    """The shipped adapter merged into the base model: a student folder like a trained one, without training."""
+    from kardlite.demo.adapter import merge_adapter
+    from kardlite.distill.student import STUDENT_FILE
+
+    assert plan.adapter is not None and plan.adapter_dir is not None
+    folder = work / "student-adapter"
+    sha = plan.adapter["adapter"]["sha256"]
+    try:
+        merged = read_json(folder / STUDENT_FILE).get("adapter", {}).get("sha256")
+    except Exception:  # absent or unreadable: merge (again)
+        merged = None
+    if merged == sha and (folder / "config.json").is_file():
+        log.stage("student (the shipped LoRA adapter, merged)", reused=True)
+        return folder
+    t = log.stage(f"student (the shipped LoRA adapter, r{plan.adapter['lora']['r']}, merged into the base model: "
+                  "no training; `kardlite demo --retrain` trains it instead)", reused=False)
+    merge_adapter(plan.adapter_dir, folder, manifest=plan.adapter)
+    log.done(t)
+    return folder
 
 
 def _stage_student_fast(log: _Log) -> Path:
@@ -207,22 +402,41 @@ def _stage_student_fast(log: _Log) -> Path:
 
 
 def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode: Mode, log: _Log,
-                  started: float) -> None:
+                  started: float, plan: _StudentPlan | None = None) -> None:
     from kardlite.export.bundle import MANIFEST, export_bundle, write_manifest
 
     what = "copying the GGUF" if student.suffix == ".gguf" else f"{QUANT} GGUF export checked against PyTorch"
     t = log.stage(f"bundle ({what}; reranker to int8 ONNX)" if reranker else f"bundle ({what})", reused=False)
-    export_bundle(student, kb.path, out.parent, name=out.name, reranker_dir=reranker, quant=QUANT, mode="kard",
-                  max_tokens=STUDENT_SETTINGS["max_source_tokens"], n_docs=N_DOCS,
-                  settings={"max_new_tokens": FAST_MAX_NEW_TOKENS} if mode == "fast" else None)
+    if plan is None:  # fast mode: the base model has no record of its own, so the bundle is told how to prompt it
+        export_bundle(student, kb.path, out.parent, name=out.name, reranker_dir=reranker, quant=QUANT, mode="kard",
+                      max_tokens=STUDENT_SETTINGS["max_source_tokens"], n_docs=N_DOCS,
+                      settings={"max_new_tokens": FAST_MAX_NEW_TOKENS})
+    else:  # the student's own record (kardlite_student.json) says the rest: answer format, generation cap, ...
+        cfg = plan.recipe.train_config()
+        export_bundle(student, kb.path, out.parent, name=out.name, reranker_dir=reranker, quant=QUANT,
+                      max_tokens=cfg.max_source_tokens, n_docs=plan.recipe.n_docs,
+                      settings={"mode": plan.recipe.mode})
     # Stamped last: a bundle without this stamp is treated as incomplete and rebuilt.
     manifest = read_json(out / MANIFEST)
+    if plan is None:
+        described = "packaged base SmolLM2-135M-Instruct, untrained"
+    elif plan.adapter is not None:
+        described = ("SmolLM2-135M-Instruct + the shipped LoRA adapter (kardlite/demo/adapter), merged: "
+                     f"{plan.recipe.mode.upper()}-distilled on the demo train rationales"
+                     + (" after a warm start" if plan.adapter.get("warm_start") else ""))
+    else:
+        described = (f"SmolLM2-135M-Instruct + LoRA, {plan.recipe.mode.upper()}-distilled on the demo train "
+                     "rationales")
     manifest["demo"] = {"mode": mode, "build_seconds": round(time.perf_counter() - started, 1),
-                        "student": "packaged base SmolLM2-135M-Instruct, untrained" if mode == "fast"
-                        else "SmolLM2-135M-Instruct + LoRA, KARD-distilled on the demo train rationales",
+                        "student": described,
                         "reranker": "late interaction on MiniLM-L6 cut to 2 layers, KL to rationale-BM25"
                         if reranker else None,
-                        "settings": {"reranker": RERANK_SETTINGS, "student": STUDENT_SETTINGS} if mode == "full"
-                        else None}
+                        "settings": {"reranker": RERANK_SETTINGS, "student": dict(plan.recipe.settings)}
+                        if plan is not None else None}
+    if plan is not None:
+        manifest["demo"]["recipe"] = plan.recipe.to_json()
+        manifest["demo"]["adapter"] = None if plan.adapter is None else {
+            "sha256": plan.adapter["adapter"]["sha256"], "command": plan.adapter["command"],
+            "warm_start": plan.adapter.get("warm_start")}
     write_manifest(out, manifest)  # with its digest, or the runtime would refuse the edited manifest
     log.done(t)
