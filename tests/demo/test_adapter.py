@@ -352,3 +352,41 @@ def test_an_adapter_over_the_limit_is_refused(made: SimpleNamespace, tmp_path: P
         ad.write_adapter(made.run, tmp_path / "small", recipe=recipe, command=made.manifest["command"])
     assert not (tmp_path / "small").exists()
 
+
+# ------------------------------------------------------------------------------------------- packaging
+
+
+@pytest.mark.slow
+def test_the_wheel_and_the_sdist_carry_the_adapter(tmp_path: Path) -> None:
+    # A copy of the package with an adapter folder in it, built by setuptools as pip would build it.
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    # without a shipped adapter folder (if any): a stand-in replaces it; adapter.py is copied
+    shutil.copytree(root / "kardlite", src / "kardlite", ignore=shutil.ignore_patterns("__pycache__", "adapter"))
+    (src / "kardlite" / "demo" / "adapter").mkdir()
+    (src / "kardlite" / "demo" / "adapter" / ad.MANIFEST).write_text("{}")
+    (src / "kardlite" / "demo" / "adapter" / ad.WEIGHTS).write_bytes(b"\0" * 8)
+    out = tmp_path / "dist"
+
+    def build(kind: str) -> str:  # one process each: setuptools keeps state between builds
+        code = f"import sys; from setuptools import build_meta as b; print('built:', b.build_{kind}(sys.argv[1]))"
+        done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=src, capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.rsplit("built: ", 1)[1].strip()
+
+    wheel_name, sdist_name = build("wheel"), build("sdist")
+    wanted = {f"kardlite/demo/adapter/{ad.MANIFEST}", f"kardlite/demo/adapter/{ad.WEIGHTS}"}
+    with zipfile.ZipFile(out / wheel_name) as wheel:
+        assert wanted <= set(wheel.namelist())
+        assert "kardlite/demo/adapter.py" in wheel.namelist()  # the module beside the folder of the same name
+    with tarfile.open(out / sdist_name) as sdist:
+        assert {f"{sdist_name.removesuffix('.tar.gz')}/{name}" for name in wanted} <= set(sdist.getnames())
