@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kardlite._io import atomic_dir, atomic_write_json, read_json, sha256_file
-from kardlite.demo.recipe import COMMAND, StudentRecipe, lookup
+from kardlite.demo.recipe import COMMAND, NOT_LEARNT, StudentRecipe, lookup
 from kardlite.errors import ArtifactError, InputError
 
 MANIFEST = "adapter.json"
@@ -225,9 +225,13 @@ def write_adapter(run: str | Path, out: str | Path, *, recipe: StudentRecipe, co
     run_dir, out = Path(run), Path(out)
     _, info, run_manifest = _finished_run(run_dir)
     expected = asdict(recipe.train_config(student=warm["model"] if warm else None))
-    if info["config"] != expected:
-        differ = sorted(k for k in set(expected) | set(info["config"]) if expected.get(k) != info["config"].get(k))
+    differ = sorted(k for k in set(expected) | set(info["config"])
+                    if k not in NOT_LEARNT and expected.get(k) != info["config"].get(k))
+    if differ:
         raise ArtifactError(f"{run_dir}: trained with other settings than the recipe ({', '.join(differ)})")
+    # the manifest records how the run went (e.g. its max_batch_tokens), and the recipe for what it learnt
+    spelled = recipe.to_json()
+    spelled["train"].update({k: info["config"][k] for k in NOT_LEARNT if k in info["config"]})
     if not expected["lora"]:
         raise ArtifactError(f"{run_dir}: a full fine-tuning run has no adapter")
     if info["student"].get("kind") != "causal":
@@ -251,7 +255,7 @@ def write_adapter(run: str | Path, out: str | Path, *, recipe: StudentRecipe, co
         "examples": {"sha256": run_manifest["data"]["examples_sha256"],
                      "n_examples": run_manifest["data"]["n_examples"],
                      "n_questions": run_manifest["data"]["n_questions"]},
-        "recipe": recipe.to_json(),
+        "recipe": spelled,
         "warm_start": None if not warm else {
             "run": warm["run"], **warm["data"], "steps": warm["steps"], "lora": warm["lora"],
             "note": "this adapter stacks the warm-start run's LoRA and the demo training's on its merged model"},

@@ -36,6 +36,7 @@ from kardlite.demo.recipe import (
     STUDENT_RETRIEVER,
     STUDENT_SETTINGS,
     StudentRecipe,
+    learnt,
 )
 from kardlite.errors import InputError
 
@@ -260,7 +261,8 @@ def _same_student(out: Path, plan: _StudentPlan) -> bool:
     made = demo.get("adapter")
     if plan.adapter is None:
         # trained here: with the same recipe (a bundle from before recipes were recorded was made with the defaults)
-        same = demo["recipe"] == plan.recipe.to_json() if "recipe" in demo else plan.recipe.is_default()
+        same = learnt(demo["recipe"]) == learnt(plan.recipe.to_json()) if "recipe" in demo \
+            else plan.recipe.is_default()
         return made is None and same  # one merged from an adapter is not kept
     return isinstance(made, dict) and made.get("sha256") == plan.adapter["adapter"]["sha256"]
 

@@ -20,6 +20,7 @@ from kardlite.demo.recipe import (
     STUDENT_SETTINGS,
     command_line,
     flatten,
+    learnt,
     recipe_from_options,
 )
 from kardlite.errors import InputError
@@ -211,10 +212,11 @@ def check_command(manifest: Mapping[str, Any]) -> list[str]:
 
     The command is parsed by the real CLI (:func:`parse_adapter_command`) into a recipe by the same code the
     command runs; every recipe field (all ``StudentTrainConfig`` fields, so a default that changed since is
-    caught too) and the warm start are compared.
+    caught too, except the :data:`~kardlite.demo.recipe.NOT_LEARNT` ones that change how a run goes, not what it
+    learns) and the warm start are compared.
     """
     recipe, warm = parse_adapter_command(manifest["command"])
-    got, want = flatten(recipe.to_json(), "recipe"), flatten(manifest["recipe"], "recipe")
+    got, want = flatten(learnt(recipe.to_json()), "recipe"), flatten(learnt(manifest["recipe"]), "recipe")
     problems = [f"{key}: the command gives {got.get(key)!r}, the manifest has {want.get(key)!r}"
                 for key in sorted(set(got) | set(want)) if got.get(key) != want.get(key)]
     recorded = (manifest.get("warm_start") or {}).get("run")

@@ -32,6 +32,13 @@ STUDENT_MODE = "kard"  # the prompt mode the demo student is trained in (kardlit
 STUDENT_QUERY = "rationale"  # what retrieves a training example's passages (KARD's way; "question": the ablation)
 STUDENT_RETRIEVER = "bm25"  # the first stage that retrieves them (the paper's)
 
+# StudentTrainConfig fields that change how a run goes (memory, speed, logs, checkpoints), not the weights it learns:
+# train_student resumes across a change of max_batch_tokens or pack, and the others never touch the optimiser. Two
+# recipes that differ only there make the same student, so comparisons and run-folder names leave them out: a
+# throughput default changed later neither breaks a shipped adapter's command nor rebuilds the demo bundle.
+NOT_LEARNT = frozenset({"max_batch_tokens", "pack", "gradient_checkpointing", "save_every", "eval_every", "log_every",
+                        "snapshot_every", "extra"})
+
 COMMAND = "kardlite train demo-adapter"  # the command that trains the recipe and writes the shipped adapter
 # Its recipe options: parameter name -> where the value lives in StudentRecipe.to_json(). The
 # command line recorded in adapter.json spells out every one, so it reproduces the recipe whatever the defaults.
@@ -123,11 +130,13 @@ class StudentRecipe:
             raise InputError(message, field=f"recipe.train.{err.field or 'settings'}") from None
 
     def is_default(self) -> bool:
-        return self.to_json() == StudentRecipe().to_json()
+        """Whether it learns what the defaults learn (the :data:`NOT_LEARNT` fields may differ)."""
+        return learnt(self.to_json()) == learnt(StudentRecipe().to_json())
 
     def key(self, *parts: str) -> str:
-        """A short digest of the recipe (and of ``parts``, e.g. a warm-start path): names its work folders."""
-        text = json.dumps([self.to_json(), *parts], sort_keys=True)
+        """A short digest of what the recipe learns (and of ``parts``, e.g. a warm-start path): names its work
+        folders, so a finished run is reused after a throughput setting changed."""
+        text = json.dumps([learnt(self.to_json()), *parts], sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
 
 
@@ -163,6 +172,14 @@ def command_line(recipe: StudentRecipe, warm_start: str | Path | None = None) ->
     if warm_start is not None:
         parts += ["--warm-start", str(warm_start)]
     return shlex.join(parts)
+
+
+def learnt(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe as ``StudentRecipe.to_json`` writes it, without the training fields in :data:`NOT_LEARNT`."""
+    train = recipe.get("train")
+    if not isinstance(train, Mapping):
+        return dict(recipe)
+    return {**recipe, "train": {k: v for k, v in train.items() if k not in NOT_LEARNT}}
 
 
 def lookup(data: Mapping[str, Any], where: str) -> Any:

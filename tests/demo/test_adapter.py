@@ -105,8 +105,12 @@ def test_the_recorded_command_reproduces_the_recipe() -> None:
     assert [p.split(":")[0] for p in check_command(other)] == ["warm_start.run"]
     # a setting the command has no option for is caught too: the command would not reproduce it
     other = copy.deepcopy(manifest)
-    other["recipe"]["train"]["save_every"] = 1
-    assert [p.split(":")[0] for p in check_command(other)] == ["recipe.train.save_every"]
+    other["recipe"]["train"]["weight_decay"] = 0.1
+    assert [p.split(":")[0] for p in check_command(other)] == ["recipe.train.weight_decay"]
+    # ... but not one that changes how the run goes, not what it learns (a throughput default changed since)
+    other = copy.deepcopy(manifest)
+    other["recipe"]["train"].update(max_batch_tokens=4096, save_every=1, pack=True)
+    assert check_command(other) == []
     with pytest.raises(InputError, match=r"does not parse.*--no-such"):
         parse_adapter_command(command + " --no-such 1")
 
@@ -188,6 +192,20 @@ def test_a_warm_start_is_stacked_into_one_adapter(made: SimpleNamespace, tmp_pat
     text = "Which transporter does furosemide inhibit? Explanation:"
     merged = ad.merge_adapter(out, tmp_path / "merged")
     assert float((_logits(merged, text) - _logits(warm_run / "model", text)).abs().max()) < 1e-3
+
+
+@pytest.mark.slow
+def test_write_adapter_checks_the_run_against_the_recipe(made: SimpleNamespace, tmp_path: Path) -> None:
+    recipe = ad.manifest_recipe(made.manifest)
+    command = made.manifest["command"]
+    with pytest.raises(ArtifactError, match=r"other settings than the recipe \(lr\)"):
+        ad.write_adapter(made.run, tmp_path / "a", recipe=StudentRecipe(settings={**recipe.settings, "lr": 0.02}),
+                         command=command)
+    # a throughput setting the run did not use is no difference: the manifest records the run's own
+    ran = read_json(made.run / "run_info.json")["config"]["max_batch_tokens"]
+    other = StudentRecipe(settings={**recipe.settings, "max_batch_tokens": 4 * ran})
+    manifest = ad.read_manifest(ad.write_adapter(made.run, tmp_path / "b", recipe=other, command=command))
+    assert manifest["recipe"]["train"]["max_batch_tokens"] == ran and check_command(manifest) == []
 
 
 # ------------------------------------------------------------------------------------------- refusals
@@ -293,6 +311,10 @@ def test_a_bundle_is_reused_only_with_the_student_the_plan_makes(tmp_path: Path)
     assert not _same_student(merged, train) and not _same_student(trained_longer, train)
     assert _same_student(merged, merge) and not _same_student(trained, merge) and not _same_student(merged, newer)
     assert _same_student(trained_longer, retrain) and not _same_student(old, retrain)
+    # a bundle trained before a throughput default changed (max_batch_tokens) has the same student: kept
+    before = StudentRecipe().to_json()
+    before["train"]["max_batch_tokens"] = 4096
+    assert _same_student(bundle(adapter=None, recipe=before), train)
     assert not _same_student(trained, retrain) and not _same_student(merged, retrain)
 
 
