@@ -42,9 +42,10 @@ app.add_typer(_export_cli.app, name="export", rich_help_panel=PANEL_SHIP)
 app.command("ask", rich_help_panel=PANEL_SHIP)(_runtime_cli.ask)
 app.command("info", rich_help_panel=PANEL_SHIP)(_export_cli.info)
 from kardlite.demo import cli as _demo_cli  # noqa: E402
+from kardlite.demo import train_adapter as _train_adapter  # noqa: E402
 
 app.command("demo", rich_help_panel=PANEL_SHIP)(_demo_cli.demo)
-train_app.command("demo-adapter")(_demo_cli.adapter)
+train_app.command("demo-adapter")(_train_adapter.adapter)
 # --- end of stage registrations ---
 
 

@@ -12,9 +12,9 @@ cores), so the repository can ship its LoRA weights instead, in ``kardlite/demo/
   layout (r, alpha, target modules), the trained student's record (``kardlite_student.json``: how to prompt and
   decode it), the weights file's sha256 and size, and the versions that made it.
 
-``kardlite train demo-adapter`` (``kardlite.demo.build.make_demo_adapter``) trains the recipe with the demo build's
-own stages and writes both; ``build_demo_bundle`` merges it into the base (PEFT ``merge_and_unload``) when the base
-and data sha256s match this installation, and trains the student itself otherwise (or with ``--retrain``).
+``kardlite train demo-adapter`` (``kardlite.demo.train_adapter.make_demo_adapter``) trains the recipe with the demo
+build's own stages and writes both; ``build_demo_bundle`` merges it into the base (PEFT ``merge_and_unload``) when
+the base and data sha256s match this installation, and trains the student itself otherwise (or with ``--retrain``).
 
 A warm start (e.g. the student first trained on OpenBookQA with ``kardlite train student``) is stacked, not
 approximated: the warm run's adapter (rank r1, scale s1) and the demo training's adapter on top of its merged

@@ -17,7 +17,7 @@ its answers are those of an untrained 135M model; it never reads the shipped ada
 
 The student's recipe (prompt mode, passages per example, training settings) is
 :class:`~kardlite.demo.recipe.StudentRecipe`, its defaults in one place (kardlite/demo/recipe.py): the demo build,
-``--retrain`` and ``kardlite train demo-adapter`` (:func:`make_demo_adapter`) all read it.
+``--retrain`` and ``kardlite train demo-adapter`` (train_adapter.py, ``make_demo_adapter``) all read it.
 """
 
 from __future__ import annotations
@@ -137,81 +137,6 @@ def build_demo_bundle(out: str | Path = "exports/demo", *, fast: bool | None = N
     seconds = time.perf_counter() - started
     _say(progress, f"demo bundle ({mode} mode) built in {seconds:.0f} s: {out}")
     return out
-
-
-DEFAULT_ADAPTER_WORK = Path("exports") / "demo-adapter.work"
-
-
-def make_demo_adapter(out: str | Path | None = None, *, recipe: StudentRecipe | None = None,
-                      work: str | Path = DEFAULT_ADAPTER_WORK, warm_start: str | Path | None = None,
-                      command: str | None = None, progress: bool = True) -> Path:
-    """Train the demo student with ``recipe`` and write its LoRA adapter and manifest (kardlite/demo/adapter.py).
-
-    The stages are the demo build's own (knowledge base, demo train rationales -> examples -> ``train_student``),
-    kept in ``work`` and resumed when re-run; a finished training run is not trained again.
-
-    Args:
-        out: the adapter folder, replaced as a whole (default: the package's ``kardlite/demo/adapter``, which the
-            demo build merges).
-        recipe: the demo student's recipe (default: :class:`~kardlite.demo.recipe.StudentRecipe`'s defaults).
-        work: the folder for the stages (knowledge base, examples, training run).
-        warm_start: a finished LoRA run of ``kardlite train student`` on the same base model (its run folder or
-            its ``model/``), e.g. on OpenBookQA: the demo training starts from its merged model and the adapter
-            stacks both. Recorded in the manifest with its examples' sha256.
-        command: the command line recorded in the manifest (default: ``command_line(recipe, warm_start)``); it
-            must reproduce the recipe and warm start (checked before training).
-        progress: print stage lines.
-
-    Returns:
-        ``out``, holding ``adapter.safetensors`` and ``adapter.json``.
-
-    Raises:
-        InputError: a recipe that cannot train, that the command does not reproduce, or whose adapter would
-            exceed the size limit (all checked before training); a warm start that is not a finished LoRA run on
-            the same base.
-
-    Example:
-        >>> make_demo_adapter(recipe=StudentRecipe(settings={**STUDENT_SETTINGS, "max_steps": 200}))  # doctest: +SKIP
-    """
-    from kardlite.demo import adapter as ad
-    from kardlite.demo.recipe import command_line
-
-    recipe = recipe or StudentRecipe()
-    recipe.check()
-    out = Path(out) if out is not None else ad.shipped_adapter_dir()
-    work = Path(work)
-    cfg = recipe.train_config()
-    if not cfg.lora:
-        raise InputError("the demo adapter is a LoRA adapter; full fine-tuning has none", field="lora")
-    command = command or command_line(recipe, warm_start)
-    _check_command(command, recipe, warm_start)
-    base = ad.base_weights(cfg.student)
-    warm = ad.warm_start_run(warm_start, base) if warm_start is not None else None
-    rank = cfg.lora_r + (warm["lora"]["r"] if warm else 0)
-    size = ad.lora_bytes(cfg.student, rank, cfg.lora_targets)
-    if size > ad.MAX_ADAPTER_BYTES:  # before hours of training, not after
-        raise InputError(f"a rank-{rank} adapter on this base is {size / 1e6:.1f} MB, over the "
-                         f"{ad.MAX_ADAPTER_BYTES / 1e6:.0f} MB limit; lower --lora-r", field="lora_r")
-    log = _Log(progress, total=3)
-    _say(progress, f"making the demo adapter at {out}; stages are kept in {work} and reused")
-    kb = _stage_kb(work / "kb", log)
-    model = _stage_student(work, kb, log, recipe, warm_start=Path(warm["model"]) if warm else None)
-    t = log.stage(f"adapter (LoRA r{rank}, fp16) -> {out}", reused=False)
-    ad.write_adapter(model.parent, out, recipe=recipe, base=base, warm=warm, command=command)
-    log.done(t)
-    return out
-
-
-def _check_command(command: str, recipe: StudentRecipe, warm_start: str | Path | None) -> None:
-    """Refuse, before any training, a command line that would not reproduce ``recipe`` (e.g. a recipe with a
-    setting that ``kardlite train demo-adapter`` has no option for): the manifest must record one that does."""
-    from kardlite.demo.cli import check_command
-
-    problems = check_command({"command": command, "recipe": recipe.to_json(),
-                              "warm_start": {"run": str(warm_start)} if warm_start is not None else None})
-    if problems:
-        raise InputError(f"the command to record does not reproduce the recipe: {'; '.join(problems)}",
-                         field="command")
 
 
 @dataclass

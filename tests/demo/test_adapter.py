@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from kardlite._io import read_json
 from kardlite.cli import app
 from kardlite.demo import adapter as ad
-from kardlite.demo.build import _same_student, _stage_student_adapter, _student_plan, make_demo_adapter
-from kardlite.demo.cli import check_command, parse_adapter_command
+from kardlite.demo.build import _same_student, _stage_student_adapter, _student_plan
 from kardlite.demo.recipe import RECIPE_OPTIONS, STUDENT_SETTINGS, StudentRecipe, command_line, lookup
+from kardlite.demo.train_adapter import check_command, make_demo_adapter, parse_adapter_command
 from kardlite.errors import ArtifactError, InputError
 
 N_QUESTIONS = 4  # demo train questions the tiny adapter is trained on
