@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,6 +17,15 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 OBQA = Path(os.environ.get("KARDLITE_OBQA") or SHARED_DATA / "obqa")
 
 needs_shared = pytest.mark.skipif(not OBQA.is_dir(), reason=f"shared benchmark data not present at {OBQA}")
+
+# The demo student's trained LoRA adapter, shipped in the package (kardlite/demo/adapter.py). Without it the full
+# demo build trains a 12-step student that nobody expects to answer well, so tests of a trained student's answers
+# need it; it is a real precondition (`kardlite train demo-adapter` makes it), not a way to hide a failure.
+SHIPPED_ADAPTER = Path(importlib.util.find_spec("kardlite").submodule_search_locations[0]) / "demo" / "adapter"
+needs_trained_demo = pytest.mark.skipif(
+    not (SHIPPED_ADAPTER / "adapter.json").is_file(),
+    reason=f"needs the trained demo student: the shipped LoRA adapter {SHIPPED_ADAPTER} is absent "
+           "(`kardlite train demo-adapter` makes it)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,6 +50,23 @@ def demo_bundle_fast(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kardlite.demo.build import build_demo_bundle
 
     return build_demo_bundle(tmp_path_factory.mktemp("demo") / "bundle", fast=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full demo bundle with the shipped trained student (its adapter merged, no student training; the reranker
+    is trained here: minutes on 2 cores). Use with ``needs_trained_demo``. KARDLITE_TEST_BUNDLE_ROOT keeps it
+    between local runs."""
+    from kardlite.demo import adapter as ad
+    from kardlite.demo.build import build_demo_bundle
+
+    folder = ad.shipped_adapter_dir()
+    if not (folder / ad.MANIFEST).is_file():
+        pytest.skip(f"needs the trained demo student: the shipped LoRA adapter {folder} is absent")
+    # A shipped adapter that does not fit is a failure, not a reason to train a weak student and test that.
+    problems = ad.mismatches(ad.read_manifest(folder), folder)
+    assert not problems, f"the shipped adapter does not fit this installation: {problems}"
+    return build_demo_bundle(_tiny_root(tmp_path_factory) / "demo-full", fast=False, progress=False)
 
 
 def _tiny_root(factory: pytest.TempPathFactory) -> Path:
