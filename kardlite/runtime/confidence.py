@@ -49,14 +49,36 @@ def _tokenizer() -> Any:
     return Tokenizer()
 
 
+def content_words(text: str) -> set[str]:
+    """The content words of a text as the support signals count them: the BM25 tokenizer's (lower-cased, stop
+    words dropped, stemmed)."""
+    return set(_tokenizer()(text))
+
+
+def carried(words: set[str], seen: set[str]) -> bool:
+    """Whether a sentence with content ``words`` is carried by a text whose content words are ``seen``: it has at
+    least two, and at least 60 % of them occur there. ``claim_support`` counts the rationale's sentences the
+    passages carry; the demo page highlights the passages' sentences the rationale carries."""
+    return len(words) >= 2 and len(words & seen) >= _CLAIM_SHARE * len(words)
+
+
+def options_support(options: Sequence[str], passages: Sequence[str]) -> list[float | None]:
+    """For each option, the share of its content words that occur in the passage texts shown (``option_support``
+    of that option); None for an option without content words (e.g. only stop words), which nothing can support."""
+    seen = {t for p in passages for t in content_words(p)}
+    out: list[float | None] = []
+    for option in options:
+        words = content_words(option)
+        out.append(len(words & seen) / len(words) if words else None)
+    return out
+
+
 def support(rationale: str, option: str | None, passages: Sequence[str]) -> tuple[float, float]:
     """(claim_support, option_support) of a rationale and chosen option against the passage texts shown."""
-    tok = _tokenizer()
-    seen = {t for p in passages for t in tok(p)}
-    claims = [words for s in _SENTENCE.findall(rationale) if len(words := set(tok(s))) >= 2]
-    claim = (sum(len(w & seen) >= _CLAIM_SHARE * len(w) for w in claims) / len(claims)) if claims else 0.0
-    opt_words = set(tok(option)) if option else set()
-    opt = len(opt_words & seen) / len(opt_words) if opt_words else 0.0
+    seen = {t for p in passages for t in content_words(p)}
+    claims = [words for s in _SENTENCE.findall(rationale) if len(words := content_words(s)) >= 2]
+    claim = (sum(carried(w, seen) for w in claims) / len(claims)) if claims else 0.0
+    opt = (options_support([option], passages)[0] or 0.0) if option else 0.0
     return float(claim), float(opt)
 
 
