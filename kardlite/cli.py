@@ -44,7 +44,7 @@ app.command("info", rich_help_panel=PANEL_SHIP)(_export_cli.info)
 from kardlite.demo import cli as _demo_cli  # noqa: E402
 from kardlite.demo import train_adapter as _train_adapter  # noqa: E402
 
-app.command("demo", rich_help_panel=PANEL_SHIP)(_demo_cli.demo)
+app.add_typer(_demo_cli.app, name="demo", rich_help_panel=PANEL_SHIP)
 train_app.command("demo-adapter")(_train_adapter.adapter)
 # --- end of stage registrations ---
 
