@@ -39,7 +39,8 @@ def _theme() -> Any:
 
 def build(pipe: Pipeline) -> Any:
     """The page: an Ask tab (question → passages, streamed rationale, answer, timings), a KB search tab and an
-    About tab (the bundle's evaluation card).
+    About tab (the bundle, its ``kardlite demo eval`` numbers, its evaluation card, what the page's marks
+    mean).
 
     Args:
         pipe: an open bundle (``kardlite.runtime.load``).
@@ -52,6 +53,19 @@ def build(pipe: Pipeline) -> Any:
     """
     gr = _gradio()
     stage = pipe.first_stage
+
+    def about() -> str:
+        """The About panel, read again on each page load: a `kardlite demo eval` run meanwhile shows up."""
+        from kardlite.demo.evaluate import eval_paths, read_demo_eval
+
+        evaluation, problem = None, None
+        try:
+            evaluation = read_demo_eval(pipe.path)
+        except KardliteError as err:
+            problem = str(err)
+        return view.about_markdown(pipe.manifest, pipe.card, pipe.settings, evaluation=evaluation,
+                                   manifest_sha256=pipe.manifest_sha256, eval_file=eval_paths(pipe.path)[0],
+                                   problem=problem)
 
     def ask(question: str, options_text: str, samples: int, abstain_below: float):
         problem = view.check_input(question, options_text)
@@ -73,10 +87,11 @@ def build(pipe: Pipeline) -> Any:
                     yield gr.skip(), rationale, gr.skip(), gr.skip(), gr.skip()
                 elif event["type"] == "answer":
                     a = event["answer"]
-                    yield (view.answer_markdown(a), a["rationale"] or a["text"], view.passages_html(a["passages"]),
+                    yield (view.answer_markdown(a), a["rationale"] or a["text"],
+                           view.passages_html(a["passages"], a["rationale"] or a["text"]),
                            view.candidates_html(a["candidates"], a["passages"], stage), view.timings_markdown(a))
         except KardliteError as err:  # bad input the runtime caught (e.g. too long for the prompt budget)
-            yield f"**Refused:** {err}", rationale, shown_html, "", ""
+            yield f"**Refused:** {view.md_text(err)}", rationale, shown_html, "", ""
 
     def search(query: str, retriever: str, k: int) -> str:
         problem = view.check_input(query, None)
@@ -88,7 +103,8 @@ def build(pipe: Pipeline) -> Any:
         gr.Markdown(f"# kardlite: knowledge-augmented reasoning on a laptop CPU\n"
                     f"**{DISCLAIMER}** Answers come from a 135M-parameter student; they are often wrong.\n\n"
                     f"{view.bundle_line(pipe.manifest)}"
-                    f"{view.audit_line(pipe.audit.path if pipe.audit is not None else None)}", elem_id="disclaimer")
+                    f"{view.audit_line(pipe.audit.path if pipe.audit is not None else None)}", elem_id="disclaimer",
+                    latex_delimiters=[])
         with gr.Tab("Ask"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -101,14 +117,15 @@ def build(pipe: Pipeline) -> Any:
                     gr.Examples(view.examples(demo_questions("test")), [question, options], label="Demo test questions",
                                 examples_per_page=6)
                 with gr.Column(scale=3):
-                    answer = gr.Markdown(elem_id="answer")
+                    # no LaTeX: "$$" in model text would otherwise be typeset after the markdown is rendered
+                    answer = gr.Markdown(elem_id="answer", latex_delimiters=[])
                     rationale = gr.Textbox(label="Rationale (streamed as the student writes it)", lines=6,
                                            interactive=False, elem_id="rationale")
-                    gr.Markdown("**Passages shown to the student** (highlighted)")
+                    gr.Markdown("**Passages shown to the student** (marked: the sentences the rationale repeats)")
                     passages = gr.HTML(elem_id="passages")
                     with gr.Accordion(f"First-stage candidates ({stage}) and timings", open=True):
                         candidates = gr.HTML(elem_id="candidates")
-                        timings = gr.Markdown(elem_id="timings")
+                        timings = gr.Markdown(elem_id="timings", latex_delimiters=[])
             outputs = [answer, rationale, passages, candidates, timings]
             go.click(ask, [question, options, samples, abstain], outputs)
             question.submit(ask, [question, options, samples, abstain], outputs)
@@ -122,7 +139,8 @@ def build(pipe: Pipeline) -> Any:
             find.click(search, [query, retriever, k], hits)
             query.submit(search, [query, retriever, k], hits)
         with gr.Tab("About this bundle"):
-            gr.Markdown(view.about_markdown(pipe.manifest, pipe.card, pipe.settings), elem_id="about")
+            about_panel = gr.Markdown(about(), elem_id="about", latex_delimiters=[])
+        page.load(about, None, about_panel, show_progress="hidden")
     return page
 
 

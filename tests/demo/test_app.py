@@ -49,5 +49,8 @@ def test_demo_passes_its_audit_log_to_the_answer_and_the_page(demo_bundle_fast: 
             page = build(pipe)
         header = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "disclaimer")
         assert expected in header.value
+        # the About tab: the card as exported (nothing measured), and no `kardlite demo eval` beside this bundle,
+        # so no demo numbers either, and how to get them
         about = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "about")
-        assert "No measured numbers" in about.value and "Known limits" in about.value  # the card, as exported
+        assert "Evaluation card: no measured numbers" in about.value and "Known limits" in about.value
+        assert "Not measured yet" in about.value and "kardlite demo eval" in about.value
