@@ -192,9 +192,12 @@ def support_notice(answer: Mapping[str, Any]) -> str:
         notes.append(f"**Not supported by the passages shown:** {where} the content words of {letter} occur in them.")
     better = [i for i, s in enumerate(shares) if i != index and s is not None and s > chosen and s >= SUPPORTED]
     if better:
-        best = max(better, key=lambda i: shares[i] or 0.0)
-        notes.append(f"**Option {LETTERS[best]} is better supported by the passages shown:** {shares[best]:.0%} of "
-                     f"its content words occur in them, against {chosen:.0%} for {letter}.")
+        top = max(shares[i] or 0.0 for i in better)
+        best = [LETTERS[i] for i in better if shares[i] == top]  # all of them when several tie
+        who = f"Option {best[0]} is" if len(best) == 1 else f"Options {', '.join(best[:-1])} and {best[-1]} are"
+        notes.append(f"**{who} better supported by the passages shown:** {top:.0%} of "
+                     f"{'its' if len(best) == 1 else 'their'} content words occur in them, against {chosen:.0%} "
+                     f"for {letter}.")
     if not notes:
         return ""
     return "⚠ " + " ".join(notes) + " *(Word overlap with the passages: a hint, not a proof.)*"

@@ -184,6 +184,9 @@ def test_a_notice_when_the_passages_do_not_support_the_chosen_option_or_support_
     partly = view.support_notice(_chosen(0))  # the thiazide target: "distal convoluted tubule" is in passage 1
     assert "Not supported" not in partly and "Option B is better supported" in partly
     assert view.support_notice(_chosen(3)) == ""  # only stop words: nothing to look for
+    tied = view.support_notice(_answer(options=["loop diuretic", "thick ascending limb", "Epithelial sodium channel"],
+                                       index=2, letter="C", passages=PASSAGES))
+    assert "Options A and B are better supported by the passages shown:** 100% of their content words" in tied
     # no chosen option, no passages, a withheld answer, a free-text answer: no notice
     for answer in ({**_chosen(2), "index": None, "letter": None}, _chosen(2, passages=[]), _answer(options=[], index=0),
                    _chosen(2, abstention={"reason": "r", "threshold": 0.5, "withheld": "C"})):
