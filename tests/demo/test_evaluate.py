@@ -98,10 +98,19 @@ def test_demo_eval_scores_the_bundle_and_its_numbers_agree_with_its_rows(demo_bu
     for name in ("dev", "test", "all"):
         assert f"{name}: accuracy {results[name]['accuracy']:.3f}" in result.output
 
-    # A longer run reuses the rows it finds (same bundle, same settings): the first question is not asked again.
+    # A longer run on the same bundle with the same settings (--limit 1, then 2) reuses the rows it finds: the
+    # first test question is not asked again (its stored row comes back as stored, with a mark added here that a
+    # question asked again would not have), the second is asked, and the rows file then holds this run's
+    # questions only (the dev row is gone).
+    rows_path = out.with_suffix(".jsonl")
+    stored = [{**r, "mark": "stored"} if r["split"] == "test" else r for r in rows]
+    rows_path.write_text("".join(json.dumps(r) + "\n" for r in stored), encoding="utf-8")
     again = evaluate_demo(demo_bundle_fast, splits=["test"], limit=2, threads=2, out=out, progress=False)
-    rows2 = [json.loads(line) for line in out.with_suffix(".jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["id"] for r in rows2] == [i.id for i in demo_questions("test")[:2]]
-    assert rows2[0] == rows[1]  # reused as it was, its timing included
-    assert set(again["results"]) == {"test"} and again["results"]["test"]["n"] == 2
-    assert again["settings"]["limit"] == 2
+    rows2 = [json.loads(line) for line in rows_path.read_text(encoding="utf-8").splitlines()]
+    assert [(r["split"], r["id"]) for r in rows2] == [("test", i.id) for i in demo_questions("test")[:2]]
+    assert rows2[0] == stored[1]  # reused, not asked again
+    assert "mark" not in rows2[1] and rows2[1]["run"] == rows2[0]["run"]  # asked now, in the same run
+    assert set(again["results"]) == {"test"} and again["settings"]["limit"] == 2
+    assert again["results"]["test"] == metrics(rows2, len(demo_questions("test")))
+    assert again["results"]["test"]["n"] == 2 and again["results"]["test"]["p50_seconds"] == pytest.approx(
+        statistics.median([rows[1]["seconds"], rows2[1]["seconds"]]), abs=1e-3)
