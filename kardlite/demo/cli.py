@@ -1,6 +1,6 @@
 """``kardlite demo``: the main job. Builds the demo bundle on first use, then starts the web app (demo/app.py) or,
 given a question, answers it in the terminal. ``kardlite demo eval`` scores the bundle on the demo's dev and test
-questions (demo/evaluate.py); the app's About panel shows the result.
+questions (demo/evaluate.py); the app's About this bundle tab shows the result.
 
 ``kardlite train demo-adapter``, which makes the LoRA adapter the repository ships for the demo student, is in
 train_adapter.py."""

@@ -7,7 +7,7 @@ line: the letter read by likelihood, ``InferenceSettings.no_answer``) and the me
 
 Two files, beside the bundle (not in it: a bundle's manifest lists and hashes every file, and may be signed)::
 
-    <bundle>-eval.json    the summary; the app's About panel shows it (read_demo_eval)
+    <bundle>-eval.json    the summary; the app's About this bundle tab shows it (read_demo_eval)
     <bundle>-eval.jsonl   one row per question: split, id, gold, predicted, correct, valid, forced, gold_shown,
                           seconds, and the passages shown, so failures can be looked at one by one
 
