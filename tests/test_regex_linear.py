@@ -67,6 +67,8 @@ SHAPED: dict[str, list[str]] = {
     "teacher/release.py": ["1" * N + ".jso", "1" * N],
     "rerank/train.py": ["cuda:" + "1" * N + "x", "cuda" * (N // 4)],
     "demo/view.py": ["A." + " " * N + "x", "(A)" + " " * N],
+    "demo/adapter.py": ["a" * N + "g", "0" * N, ".lora_A" * (N // 7), ".lora_B.default" * (N // 15) + ".weigh",
+                        "x.lora_A.default.weight" + "x" * N],
     "errors.py": ["\x1b[31m" * (N // 5), "x\u202e" * (N // 2), "é\x85" * (N // 2)],
 }
 

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kardlite.runtime.audit import AuditLog
@@ -36,6 +36,7 @@ def test_audit_log_targets() -> None:
 
     @fuzz_settings(cases=200)
     @given(content, st.sampled_from(["file", "file", "file", "folder", "under-a-file", "dev-null", "fifo"]))
+    @example(b"{}\n\x80{}\n{}\n", "file")  # a middle line that is no record, between two that are (found in CI)
     def case(data: bytes, kind: str) -> None:
         shutil.rmtree(WORK, ignore_errors=True)
         WORK.mkdir()
@@ -65,7 +66,10 @@ def test_audit_log_targets() -> None:
         assert lines[-1] == b"" and json.loads(lines[-2]) == {"n": 1, "text": "é\n\u2028"}
         kept = _records(data)
         assert lines[: len(kept)] == kept  # every complete line is kept, in place
-        assert all(isinstance(json.loads(x), dict) for x in lines[:-1])
+        # What the log wrote (after the kept lines) is records. The lines it kept are checked at open only at the
+        # file's two ends (first and last complete line, the module's rule: opening a long log stays O(1)), so a
+        # middle line that is not a record is kept as it was, not judged.
+        assert all(isinstance(json.loads(x), dict) for x in lines[len(kept):-1])
 
     case()
     tally.require(0.15)
