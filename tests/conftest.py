@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -26,6 +27,14 @@ needs_trained_demo = pytest.mark.skipif(
     not (SHIPPED_ADAPTER / "adapter.json").is_file(),
     reason=f"needs the trained demo student: the shipped LoRA adapter {SHIPPED_ADAPTER} is absent "
            "(`kardlite train demo-adapter` makes it)")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script that is no package module (bench/, notebooks/build.py), imported from its file for its tests."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,7 +8,6 @@ wrong answer into a right one is asserted on the trained demo bundle.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ import pytest
 
 from kardlite._io import sha256_file
 from kardlite.demo import demo_questions
-from tests.conftest import needs_trained_demo
+from tests.conftest import load_script, needs_trained_demo
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +28,7 @@ QUESTION = "cr-q003"
 
 @pytest.fixture(scope="module")
 def kb_fix():
-    spec = importlib.util.spec_from_file_location("kb_fix", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

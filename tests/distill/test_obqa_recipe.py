@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from kardlite.kb.passage import Passage
+from tests.conftest import load_script
 from tests.distill.conftest import ITEMS
 
 pytestmark = pytest.mark.slow
@@ -17,10 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "distill" / "obqa_recip
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("obqa_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.parametrize(("mode", "fmt"), [("ft", "letter"), ("ft", "both"), ("ka-ft", "text"), ("kard", "both"),

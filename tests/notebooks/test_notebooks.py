@@ -4,16 +4,15 @@ cell fails the test with the cell and its traceback. Outputs of the runs go to a
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from tests.conftest import load_script
+
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOKS_DIR / "build.py")
-build = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(build)
+build = load_script(NOTEBOOKS_DIR / "build.py")
 SOURCES = build.sources()
 IDS = [s.stem for s in SOURCES]
 
