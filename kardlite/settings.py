@@ -38,8 +38,9 @@ class InferenceSettings:
     """The test-time path of one student: prompt, retrieval, generation and how the answer is read.
 
     ``None`` in ``mode`` and ``answer_scoring`` means "follow the student" (its training mode; ``generated`` for
-    rd/kard, ``letter`` for ft/ka-ft); ``first_stage="auto"`` means hybrid when the knowledge base has a dense
-    index, else bm25. :meth:`resolve` fills them in.
+    rd/kard; for ft/ka-ft ``letter`` when it was trained to write the letter, else ``text``);
+    ``first_stage="auto"`` means hybrid when the knowledge base has a dense index, else bm25.
+    :meth:`resolve` fills them in.
     """
 
     mode: str | None = _f(None, "prompt format (ft, rd, kard, ka-ft); the mode the student was trained in")
@@ -60,8 +61,8 @@ class InferenceSettings:
     answer_format: str = _f("letter", "how the student writes its answer after 'Answer:' (letter, text or both: "
                                       "'(B) text'); the format it was trained on (`train student --answer-format`)")
     answer_scoring: str | None = _f(None, "generated (read the output's answer line), letter (letter likelihood) "
-                                          "or text (option-text likelihood); generated for rd/kard, letter for "
-                                          "ft/ka-ft")
+                                          "or text (option-text likelihood); generated for rd/kard; for ft/ka-ft "
+                                          "letter when answer_format is letter, else text")
     no_answer: str = _f("force", "an output without an answer line: force (choose the letter by likelihood after "
                                  "the rationale + 'Answer:', flagged forced) or invalid (no answer, counted wrong)")
 
@@ -134,7 +135,10 @@ class InferenceSettings:
         if mode is None:
             raise InputError(f"no prompt mode: pass mode {', '.join(MODES)} (a base model has none of its own)",
                              field="mode")
-        scoring = self.answer_scoring or ("letter" if mode in ANSWER_ONLY else "generated")
+        # an answer-only student trained to write the option text is read by that text's likelihood: its letter
+        # was never a target (on OpenBookQA dev, text scoring beat letter scoring in every answer-only arm)
+        scoring = self.answer_scoring or ("generated" if mode not in ANSWER_ONLY
+                                          else "letter" if self.answer_format == "letter" else "text")
         if mode in ANSWER_ONLY and scoring == "generated":
             raise InputError(f"mode {mode!r} writes no rationale: score its answer by 'letter' or 'text'",
                              field="answer_scoring")

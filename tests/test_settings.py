@@ -90,6 +90,9 @@ def test_resolve_fills_in_what_follows_student_and_kb() -> None:
     s = DEFAULTS.updated(mode="kard").resolve(has_dense=True)
     assert (s.first_stage, s.answer_scoring) == ("hybrid", "generated")
     assert DEFAULTS.updated(mode="ft").resolve(has_dense=False).answer_scoring == "letter"
+    for fmt in ("text", "both"):  # trained to write the option text: read by its likelihood, not the letter's
+        assert DEFAULTS.updated(mode="ka-ft", answer_format=fmt).resolve().answer_scoring == "text"
+        assert DEFAULTS.updated(mode="kard", answer_format=fmt).resolve().answer_scoring == "generated"
     assert DEFAULTS.updated(mode="kard").resolve(has_dense=False).first_stage == "bm25"
     with pytest.raises(InputError, match="needs a dense index"):
         DEFAULTS.updated(mode="kard", first_stage="dense").resolve(has_dense=False)
