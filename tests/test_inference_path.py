@@ -20,23 +20,23 @@ QUESTIONS = [*ITEMS,
 N_DOCS = 2  # passages per training example: the student records it, and eval and the bundle both show as many
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bundle: Path) -> dict[str, Path]:
-    """A KARD student trained for two steps on the tiny base, and its bundle exported with every default."""
+def _train_and_export(root: Path, tiny_student: Path, tiny_bundle: Path, mode: str,
+                      answer_format: str = "letter") -> dict[str, Path]:
+    """A ``mode`` student trained for two steps on the tiny base, and its bundle exported with every default."""
     from kardlite.distill.examples import build_examples, read_kept_rationales, save_examples
     from kardlite.distill.train import StudentTrainConfig, train_student
     from kardlite.export.bundle import export_bundle
     from kardlite.kb import KnowledgeBase
 
-    root = tmp_path_factory.mktemp("one-path")
     kb_dir = tiny_bundle.parent.parent / "kb"  # the tiny bundle's source KB: 40 demo passages, BM25 + dense
     kb = KnowledgeBase.load(kb_dir)
-    rows = build_examples(ITEMS, read_kept_rationales(write_rationales(root / "kept.jsonl")), "kard", kb=kb, k=N_DOCS)
+    rows = build_examples(ITEMS, read_kept_rationales(write_rationales(root / "kept.jsonl")), mode, kb=kb, k=N_DOCS)
     kb.close()
     save_examples(rows, root / "examples.jsonl")
     model = train_student(root / "examples.jsonl", root / "run",
                           StudentTrainConfig(student=str(tiny_student), max_steps=2, batch_size=4, lr=1e-3,
-                                             max_source_tokens=256, dev_fraction=0.0, save_every=2))
+                                             max_source_tokens=256, dev_fraction=0.0, save_every=2,
+                                             answer_format=answer_format))
     # the tiny bundle's reranker is already ONNX: copied, not exported again
     bundle = export_bundle(model, kb_dir, root / "bundles", reranker_dir=tiny_bundle / "reranker", quant="f16",
                            name="one", verify=False, threads=2)
@@ -44,6 +44,12 @@ def system(tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bu
     tasks.write_text("".join(json.dumps({"id": q.id, "question": q.question, "options": list(q.options),
                                          "answer": "ABCDE"[q.label]}) + "\n" for q in QUESTIONS), encoding="utf-8")
     return {"model": model, "bundle": bundle, "tasks": tasks, "root": root}
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bundle: Path) -> dict[str, Path]:
+    """A KARD student trained for two steps on the tiny base, and its bundle exported with every default."""
+    return _train_and_export(tmp_path_factory.mktemp("one-path"), tiny_student, tiny_bundle, "kard")
 
 
 def test_eval_gguf_and_the_bundle_give_the_same_answers(system: dict[str, Path]) -> None:
@@ -98,3 +104,35 @@ def test_eval_gguf_and_the_bundle_give_the_same_answers(system: dict[str, Path])
     with load(bundle) as pipe:
         ans = pipe.ask(QUESTIONS[0].question, list(QUESTIONS[0].options))
     assert ans["letter"] is None and not ans["valid"] and not ans["forced"]
+
+
+def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
+        tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bundle: Path) -> None:
+    """KA-FT trained on option-text answers: the bundle scores each option's text right after the prompt's cue,
+    generating nothing, as eval does (it used to generate first and score after the generated text)."""
+    from kardlite.cli import app
+    from kardlite.runtime import load
+
+    system = _train_and_export(tmp_path_factory.mktemp("one-path-ka-ft"), tiny_student, tiny_bundle, "ka-ft",
+                               answer_format="text")
+    bundle, out = system["bundle"], system["root"] / "eval"
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["inference"]["mode"] == "ka-ft" and manifest["inference"]["answer_scoring"] == "text"
+    res = CliRunner().invoke(app, ["eval", "--model", str(system["model"]), "--tasks", str(system["tasks"]),
+                                   "--out", str(out), "--kb", str(bundle / "kb"), "--reranker",
+                                   str(bundle / "reranker"), "--backend", "gguf", "--gguf",
+                                   str(bundle / "student.gguf")])
+    assert res.exit_code == 0, res.output
+    rows = {json.loads(line)["id"]: json.loads(line)
+            for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()}
+    with load(bundle) as pipe:
+        for q in QUESTIONS:
+            ans = pipe.ask(q.question, list(q.options))
+            row = rows[q.id]
+            assert [p["id"] for p in row["passages"]] == [p["id"] for p in ans["passages"]], q.id
+            assert row["prediction"] == ans["letter"] and ans["letter"] is not None, q.id
+            assert ans["text"] == "" and ans["rationale"] == "" and ans["tokens"]["generated"] == 0, q.id
+            assert ans["valid"] and not ans["forced"], q.id
+        # free text (no options) is still generated: there is nothing to score
+        free = pipe.ask(QUESTIONS[0].question, max_new_tokens=4)
+        assert free["tokens"]["generated"] >= 1

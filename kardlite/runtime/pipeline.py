@@ -35,7 +35,7 @@ from kardlite.data.records import LETTERS, MAX_OPTIONS, QAItem
 from kardlite.errors import ArtifactError, InputError
 from kardlite.gguf_student import GGUFStudent, letter_distribution, shared_prefix
 from kardlite.kb.passage import Hit
-from kardlite.prompts import PROBES, Segment, build_prompt
+from kardlite.prompts import ANSWER_ONLY_MODES, PROBES, Segment, build_prompt
 from kardlite.rerank.late import WARM_LIMIT
 from kardlite.rerank.retriever import Retriever
 from kardlite.runtime.audit import AuditLog, AuditLogError, utc_now
@@ -196,7 +196,14 @@ class Pipeline:
             # A fresh context per question but the kept prefix (GGUFStudent.begin): llama.cpp would otherwise reuse
             # the previous prompt's common prefix, and near-ties would depend on which question came before.
             self.student.begin(prompt_ids)
-            for i in range(samples):
+            # An answer-only student (ft, ka-ft) with options is read as eval reads it: each option scored right
+            # after the prompt's "Answer:" cue, nothing generated (it was never trained to write a rationale).
+            score_only = self.mode in ANSWER_ONLY_MODES and bool(opts)
+            if score_only:
+                samples = 1
+                answer = self._answer(item, opts, [""], 1, prompt_ids, letter_dists, after_prompt=True)
+                prefill = time.perf_counter() - t_gen
+            for i in range(0 if score_only else samples):
                 out_text = ""
                 n_new, t_first, t_last = 0, None, None
                 capture: list[np.ndarray] = []
@@ -218,7 +225,8 @@ class Pipeline:
                     prefill = (t_first - t_gen) if t_first is not None else time.perf_counter() - t_gen
                     if n_new >= 2 and t_last is not None and t_last > t_first:
                         decode_rate = (n_new - 1) / (t_last - t_first)
-            answer = self._answer(item, opts, texts, samples, prompt_ids, letter_dists)
+            if not score_only:
+                answer = self._answer(item, opts, texts, samples, prompt_ids, letter_dists)
             t_generate = time.perf_counter() - t_gen
 
         timings = Timings(retrieve=t_retrieve, rerank=t_rerank, prompt=t_prompt, prefill=prefill,
@@ -364,13 +372,14 @@ class Pipeline:
                 "signals": answer["signals"], "calibrated": self.calibrator is not None}
 
     def _read(self, text: str, opts: list[str], prompt_ids: list[int],
-              letter_dists: list[np.ndarray]) -> tuple[int | None, bool]:
-        """(option index, forced) of one output, by the bundle's answer scoring and no-answer rule (as eval)."""
+              letter_dists: list[np.ndarray], after_prompt: bool = False) -> tuple[int | None, bool]:
+        """(option index, forced) of one output, by the bundle's answer scoring and no-answer rule (as eval);
+        ``after_prompt``: nothing was generated, the options are scored right after the prompt's cue."""
         s = self.settings
         index = parse_answer(text, len(opts), opts) if s.answer_scoring == "generated" else None
         if index is not None or (s.answer_scoring == "generated" and s.no_answer == "invalid"):
             return index, False
-        suffix = self.student.tokenize_text(forced_context(text))
+        suffix = [] if after_prompt else self.student.tokenize_text(forced_context(text))
         if s.answer_scoring == "text":
             conts = option_continuations([opts], s.answer_format)[0]  # type: ignore[arg-type]
             scores = [c.mean for c in self.student.continuation_scores(prompt_ids, conts, suffix=suffix)]
@@ -380,14 +389,15 @@ class Pipeline:
         return max(range(len(scores)), key=scores.__getitem__), s.answer_scoring == "generated"
 
     def _answer(self, item: Any, opts: list[str], texts: list[str], samples: int,
-                prompt_ids: list[int] | None = None, letter_dists: list[np.ndarray] | None = None) -> Answer:
+                prompt_ids: list[int] | None = None, letter_dists: list[np.ndarray] | None = None,
+                after_prompt: bool = False) -> Answer:
         """The Answer of generated ``texts``. Without ``prompt_ids`` the texts are only parsed (nothing to score
-        a forced or likelihood-read answer after)."""
+        a forced or likelihood-read answer after); ``after_prompt``: see :meth:`_read`."""
         if prompt_ids is None:
             read = [(parse_answer(t, len(opts), opts), False) if opts else (None, False) for t in texts]
         else:
             dists = letter_dists if letter_dists is not None else []
-            read = [self._read(t, opts, prompt_ids, dists) if opts else (None, False) for t in texts]
+            read = [self._read(t, opts, prompt_ids, dists, after_prompt) if opts else (None, False) for t in texts]
         indices = [i for i, _ in read]
         votes: dict[str, int] | None = None
         if opts and samples > 1:
