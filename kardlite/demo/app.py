@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING, Any
 from kardlite.demo import DISCLAIMER, demo_questions, view
 from kardlite.demo.build import build_demo_bundle
 from kardlite.errors import KardliteError, MissingExtraError
+from kardlite.prompts import ANSWER_ONLY_MODES
 
 if TYPE_CHECKING:
     from kardlite.runtime import Pipeline
+
+ANSWER_ONLY_NOTE = ("This student writes no rationale: it was trained to answer from the passages alone, and each "
+                    "option's text is scored after them.")
 
 
 def _gradio() -> Any:
@@ -87,8 +91,9 @@ def build(pipe: Pipeline) -> Any:
                     yield gr.skip(), rationale, gr.skip(), gr.skip(), gr.skip()
                 elif event["type"] == "answer":
                     a = event["answer"]
-                    yield (view.answer_markdown(a), a["rationale"] or a["text"],
-                           view.passages_html(a["passages"], a["rationale"] or a["text"]),
+                    written = a["rationale"] or a["text"]
+                    yield (view.answer_markdown(a), written,
+                           view.passages_html(a["passages"], written or None),
                            view.candidates_html(a["candidates"], a["passages"], stage), view.timings_markdown(a))
         except KardliteError as err:  # bad input the runtime caught (e.g. too long for the prompt budget)
             yield f"**Refused:** {view.md_text(err)}", rationale, shown_html, "", ""
@@ -119,8 +124,10 @@ def build(pipe: Pipeline) -> Any:
                 with gr.Column(scale=3):
                     # no LaTeX: "$$" in model text would otherwise be typeset after the markdown is rendered
                     answer = gr.Markdown(elem_id="answer", latex_delimiters=[])
+                    # an answer-only student (ft, ka-ft) writes nothing: its options are scored, the box says so
                     rationale = gr.Textbox(label="Rationale (streamed as the student writes it)", lines=6,
-                                           interactive=False, elem_id="rationale")
+                                           interactive=False, elem_id="rationale",
+                                           placeholder=ANSWER_ONLY_NOTE if pipe.mode in ANSWER_ONLY_MODES else None)
                     gr.Markdown("**Passages shown to the student** (marked: the sentences the rationale repeats)")
                     passages = gr.HTML(elem_id="passages")
                     with gr.Accordion(f"First-stage candidates ({stage}) and timings", open=True):
