@@ -110,8 +110,11 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
         tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bundle: Path) -> None:
     """KA-FT trained on option-text answers: the bundle scores each option's text right after the prompt's cue,
     generating nothing, as eval does (it used to generate first and score after the generated text)."""
+    from kardlite.answers import option_continuations
     from kardlite.cli import app
+    from kardlite.gguf_student import letter_distribution
     from kardlite.runtime import load
+    from kardlite.runtime.pipeline import _PassageView
 
     system = _train_and_export(tmp_path_factory.mktemp("one-path-ka-ft"), tiny_student, tiny_bundle, "ka-ft",
                                answer_format="text")
@@ -133,6 +136,15 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
             assert row["prediction"] == ans["letter"] and ans["letter"] is not None, q.id
             assert ans["text"] == "" and ans["rationale"] == "" and ans["tokens"]["generated"] == 0, q.id
             assert ans["valid"] and not ans["forced"], q.id
+            # its letter_prob is the softmax of the option scores that chose it: the largest share, not "no opinion"
+            conts = option_continuations([list(q.options)], "text")[0]
+            prompt = pipe._build(q, [_PassageView(p) for p in ans["passages"]])  # type: ignore[arg-type]
+            prompt_ids = pipe._tokenize(prompt.segments)
+            pipe.student.begin(prompt_ids)
+            means = [c.mean for c in pipe.student.continuation_scores(prompt_ids, conts)]
+            share = letter_distribution(means)
+            assert ans["signals"]["letter_prob"] == pytest.approx(share.max(), abs=1e-6), q.id
+            assert ans["signals"]["letter_prob"] == pytest.approx(share[ans["index"]], abs=1e-6), q.id
         # free text (no options) is still generated: there is nothing to score
         free = pipe.ask(QUESTIONS[0].question, max_new_tokens=4)
         assert free["tokens"]["generated"] >= 1

@@ -383,6 +383,10 @@ class Pipeline:
         if s.answer_scoring == "text":
             conts = option_continuations([opts], s.answer_format)[0]  # type: ignore[arg-type]
             scores = [c.mean for c in self.student.continuation_scores(prompt_ids, conts, suffix=suffix)]
+            if after_prompt:
+                # the options' scores are the student's only opinion (no answer line was written): their softmax
+                # is its letter_prob, where a constant 0.5 would make confidence and abstention meaningless
+                letter_dists.append(letter_distribution(scores))
         else:
             scores = self.student.letter_logprobs(prompt_ids, len(opts), suffix=suffix)
             letter_dists.append(letter_distribution(scores))
