@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kardlite.demo import demo_questions
+from tests.conftest import needs_trained_demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -96,6 +97,18 @@ def capped_app_url(demo_bundle_fast: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
+def trained_app_url(demo_bundle_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on the full demo bundle: the shipped trained student merged, the reranker trained here."""
+    with _serve(demo_bundle_trained, tmp_path_factory.mktemp("trained-app") / "app.log") as url:
+        yield url
+
+
+@pytest.fixture
+def trained_page(browser, trained_app_url: str) -> Iterator[object]:
+    yield from _open(browser, trained_app_url)
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
@@ -165,12 +178,47 @@ def test_example_question_shows_passages_rationale_and_answer(page) -> None:
     assert len(page.locator("#rationale textarea").input_value().split()) >= 5
     _check_passages_and_timings(page)
 
-    # Kept for a look after the run (runs/ is git-ignored); docs/screenshots/demo.png is the full demo's, by hand.
+    # Kept for a look after the run (runs/ is git-ignored); docs/screenshots/demo.png is the trained demo's (above).
     shot = REPO / "runs" / "screenshots" / "browser-test.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
     assert page.outside == []
+
+
+@needs_trained_demo
+def test_trained_demo_page_answers_the_readme_example_as_its_bundle_does(trained_page,
+                                                                       demo_bundle_trained: Path) -> None:
+    """The README's example, asked on the page of the trained demo: the letter and option the bundle's runtime gives
+    for it (what `kardlite demo eval` scores), with the passages it shows. The screenshot goes to runs/screenshots/;
+    with KARDLITE_UPDATE_SCREENSHOT=1 it also replaces docs/screenshots/demo.png."""
+    import json
+
+    from kardlite.demo.app import ANSWER_ONLY_NOTE
+    from kardlite.prompts import ANSWER_ONLY_MODES
+    from kardlite.runtime import load
+
+    item, answer = _ask_example(trained_page)
+    with load(demo_bundle_trained) as pipe:
+        expected = pipe.ask(item.question, list(item.options))
+    assert expected["letter"] is not None
+    assert answer.startswith(f"Answer: {expected['letter']}. {expected['answer']}"), answer
+    _check_passages_and_timings(trained_page)
+    shown = trained_page.locator("#passages .kard-passage").all_inner_texts()
+    assert [p["title"] in text for p, text in zip(expected["passages"], shown, strict=True)] == [True] * len(shown)
+    mode = json.loads((demo_bundle_trained / "manifest.json").read_text(encoding="utf-8"))["inference"]["mode"]
+    box = trained_page.locator("#rationale textarea")
+    if mode in ANSWER_ONLY_MODES:  # nothing is written: the empty box says why
+        assert box.input_value() == "" and box.get_attribute("placeholder") == ANSWER_ONLY_NOTE
+    else:
+        assert len(box.input_value().split()) >= 5
+    shot = REPO / "runs" / "screenshots" / "demo-trained.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    trained_page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("KARDLITE_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "screenshots" / "demo.png")
+    assert trained_page.outside == []
 
 
 def test_output_without_an_answer_line_shows_the_notice(capped_page) -> None:
