@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kardlite._io import iter_jsonl
+from kardlite._io import atomic_write_text, iter_jsonl
 from kardlite.card import Task, data_files, measure, record_evaluations
 from kardlite.runtime.confidence import (
     Calibrator,
@@ -116,6 +116,23 @@ def _plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], overall:
     plt.close(fig)
 
 
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """One run's line in the page's ``runs`` map (the numbers a reader compares across bundles)."""
+    t = result["test"]
+    return {"n": t["questions"], "accuracy": t["accuracy"], "ece_raw": t["raw"]["ece"], "ece": t["calibrated"]["ece"],
+            "accuracy_at_coverage": {f"{c / 100:.1f}": t["calibrated"][f"accuracy_at_{c}"] for c in (100, 80, 50)},
+            "bundle": result["bundle"], "source": result["source"], "meets": result["meets"]}
+
+
+def _earlier_runs(path: Path) -> dict[str, Any]:
+    """The ``runs`` of the JSON already at ``path`` (other bundles measured before), {} when there is none."""
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8")).get("runs")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
+
+
 def _page(result: dict[str, Any], name: str, command: str, note: str | None) -> str:
     t, d = result["test"], result["dev"]
     raw, cal = t["raw"], t["calibrated"]
@@ -134,6 +151,16 @@ def _page(result: dict[str, Any], name: str, command: str, note: str | None) -> 
         "# Confidence, calibration and abstention",
         "",
         *([note, ""] if note else []),
+        "Every bundle measured so far (test questions; calibrated confidence):",
+        "",
+        "| run | n | accuracy | ECE raw | ECE calibrated | acc. at 80% | acc. at 50% |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(f"| {run} | {r['n']} | {pct(r['accuracy'])} | {r['ece_raw']:.3f} | {r['ece']:.3f} | "
+          f"{pct(r['accuracy_at_coverage']['0.8'])} | {pct(r['accuracy_at_coverage']['0.5'])} |"
+          for run, r in result["runs"].items()),
+        "",
+        f"The latest run in detail, **{result['run']}**:",
+        "",
         f"Bundle: **{title}** (`{result['bundle']}`); questions: {result['source']}; "
         f"{result['samples']} sample(s) per question (greedy when 1). Calibrator fitted on the {d['questions']} dev "
         f"questions ({d['valid']} with a valid letter; dev accuracy {pct(d['accuracy'])}), judged on the "
@@ -191,6 +218,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the page, JSON and plot")
     ap.add_argument("--name", default="confidence", help="file stem of the page, JSON and plot")
     ap.add_argument("--label", default=None, help="what the bundle is, for the page's title")
+    ap.add_argument("--run-name", default=None,
+                    help="this run's key in the JSON's runs map (default: the label, else the bundle's name); the "
+                         "other runs already there are kept")
     ap.add_argument("--cache", type=Path, default=None, help="answer cache (default runs/confidence/<bundle>.jsonl)")
     ap.add_argument("--install", action="store_true",
                     help="store the fitted calibrator in the bundle and record dev and test in its card")
@@ -235,13 +265,16 @@ def main() -> None:
     cal_m = result["test"]["calibrated"]
     result["meets"] = {"selective_gain": cal_m["accuracy_at_50"] - overall >= 0.15, "ece": cal_m["ece"] <= 0.05}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_json = args.out / f"{args.name}.json"
+    result["run"] = args.run_name or args.label or str(manifest.get("name") or args.bundle.name)
+    result["runs"] = _earlier_runs(out_json) | {result["run"]: _summary(result)}
+    atomic_write_text(out_json, json.dumps(result, indent=2) + "\n")
     title = args.label or f"{manifest.get('name')}: {source}"
     _plot(args.out / f"{args.name}.png", {"raw confidence": risk_coverage(raw, correct),
                                           "calibrated": risk_coverage(calibrated, correct)}, overall, title)
     command = "python bench/confidence.py " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]
                                                         if a != "--note" and a != args.note)
-    (args.out / f"{args.name}.md").write_text(_page(result, args.name, command, args.note))
+    atomic_write_text(args.out / f"{args.name}.md", _page(result, args.name, command, args.note))
     if args.install:
         # One atomic change: the calibrator and the card that measured it.
         dev_task, test_task = _tasks(args)

@@ -1,0 +1,41 @@
+"""bench/confidence.py's results file: one entry per measured bundle in ``runs``, earlier ones kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "confidence.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script(SCRIPT)
+
+
+def _result(accuracy: float) -> dict:
+    metrics = {"ece": 0.1, "accuracy_at_100": accuracy, "accuracy_at_80": accuracy + 0.05,
+               "accuracy_at_50": accuracy + 0.2, "mean_confidence": 0.5}
+    return {"bundle": "exports/x", "source": "demo", "meets": {"selective_gain": True, "ece": False},
+            "test": {"questions": 27, "accuracy": accuracy, "raw": dict(metrics, ece=0.3), "calibrated": metrics}}
+
+
+def test_a_run_s_summary_has_the_fields_the_page_compares(bench):
+    s = bench._summary(_result(0.4))
+    assert (s["n"], s["accuracy"], s["ece_raw"], s["ece"]) == (27, 0.4, 0.3, 0.1)
+    assert s["accuracy_at_coverage"] == {"1.0": 0.4, "0.8": pytest.approx(0.45), "0.5": pytest.approx(0.6)}
+
+
+def test_earlier_runs_are_kept_and_a_missing_or_broken_file_holds_none(bench, tmp_path):
+    path = tmp_path / "confidence.json"
+    assert bench._earlier_runs(path) == {}
+    path.write_text("{not json", encoding="utf-8")
+    assert bench._earlier_runs(path) == {}
+    path.write_text(json.dumps({"runs": ["not", "a", "map"]}), encoding="utf-8")
+    assert bench._earlier_runs(path) == {}
+    path.write_text(json.dumps({"runs": {"obqa": {"n": 500}}}), encoding="utf-8")
+    assert bench._earlier_runs(path) | {"demo": {"n": 27}} == {"obqa": {"n": 500}, "demo": {"n": 27}}
