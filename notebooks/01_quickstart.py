@@ -8,7 +8,7 @@
 #
 # **Educational demo, not medical advice.**
 #
-# *Committed outputs: fast mode (`KARDLITE_FAST=1`), made by `python notebooks/build.py --fast`.*
+# *Committed outputs: full mode (`KARDLITE_FAST=0`), made by `python notebooks/build.py --full`.*
 
 # %%
 # Parameters: the only cell to edit. KARDLITE_FAST=1 (CI) runs the same steps on a tiny budget.
@@ -83,20 +83,21 @@ pipe.close()
 # %% [markdown]
 # ## What the numbers say
 #
-# These outputs come from the **fast** demo bundle: the packaged SmolLM2-135M as it was released (not trained for
-# KARD) and no reranker.
+# These outputs come from the **full** demo bundle: SmolLM2-135M with the shipped LoRA adapter merged (an
+# OpenBookQA warm start, then KA-FT on the demo's 108 train questions), the trained late-interaction reranker and
+# the hybrid first stage, quantised to Q4_K_M.
 #
-# - **Retrieval already works**: the hybrid first stage put the gold passage (the thiazides' site of action) first
-#   of the two shown, for a question that never names thiazides.
-# - **The untrained student does not**: it has never learned to end with `Answer: X`. It wrote prose naming
-#   option A (wrong; the gold answer is B) without a statement the answer reader accepts, so the answer is
-#   *invalid* and counts as wrong; the three sampled rationales were all invalid as well, so the vote is empty.
-#   Training the student on KARD examples (notebook 04, the full demo bundle) teaches the format and the use of
-#   the passages; a 135M model still often gets the medicine wrong.
-# - **Time**: reading the prompt (*prefill*, 357 tokens) took most of the answer and retrieval a few tens of
-#   milliseconds, so the number of passages shown sets the latency. The seconds here are inflated: the run shared
-#   2 cores with other jobs. On an idle 2-core machine the same kind of answer takes about 3 s, prefill about
-#   1.2 s and decoding about 100 tokens/s (`docs/results/edge-cpu.md`).
+# - **Retrieval works**: the gold passage (the thiazides' site of action) is ranked first of the two shown, for a
+#   question that never names thiazides.
+# - **The student does not use it**: it answers C (acetazolamide) where the passage it reads names
+#   hydrochlorothiazide and says thiazides lower urinary calcium; the gold answer is B. On all 27 demo test
+#   questions this student is right 25.9% of the time, chance for four options (`kardlite demo eval`; dev 48.1%;
+#   see the README). A 135M model fitted to a hundred questions memorises them more than it learns to read.
+# - **It writes no rationale**: the demo student is answer-only (KA-FT). Each option's text is scored right after
+#   the prompt, so the rationale is empty, nothing is generated (0 tokens) and an answer costs one prompt evaluation
+#   (*prefill*, 348 tokens), under a second on 2 cores. For the same reason the self-consistency cell has no vote
+#   to take: scoring is deterministic, so one reading is made and `votes` is None. Without options (the `stream`
+#   cell) the student does generate, and answers in the few words it was trained to write.
 #
-# With `KARDLITE_FAST=0` the notebook builds (once, up to 10 minutes) and uses the trained demo bundle: a student
-# distilled with KARD and the late-interaction reranker.
+# With `KARDLITE_FAST=1` the notebook uses the fast bundle instead: the untrained SmolLM2 and no reranker. It writes
+# a rationale, but it rarely ends with a readable answer line.
