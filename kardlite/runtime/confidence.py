@@ -134,7 +134,9 @@ class Calibrator:
         """
         with np.errstate(all="ignore"):  # overflow to 0 or 1 is fine; what is not finite is refused below
             x = (_design(rows, self.features) - np.asarray(self.mean)) / np.asarray(self.scale)
-            out = 1.0 / (1.0 + np.exp(-(x @ np.asarray(self.weights) + self.bias)))
+            # an elementwise product and sum, not x @ w: numpy 2.4's matmul returns inf for inf - inf, which
+            # hid a broken calibrator, and a BLAS kernel's result may depend on the CPU
+            out = 1.0 / (1.0 + np.exp(-((x * np.asarray(self.weights)).sum(axis=1) + self.bias)))
         if not np.isfinite(out).all():
             raise ArtifactError(f"{CALIBRATION_FILE}: the calibrator gives a non-finite confidence "
                                 f"({out[~np.isfinite(out)][0]}); refit it")
