@@ -52,6 +52,21 @@ def system(tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bu
     return _train_and_export(tmp_path_factory.mktemp("one-path"), tiny_student, tiny_bundle, "kard")
 
 
+def _eval_with_the_bundle_s_parts(system: dict[str, Path], out: Path) -> dict[str, dict]:
+    """`kardlite eval` of the trained student with the bundle's KB, reranker and GGUF, nothing else given: its
+    predictions by question id."""
+    from kardlite.cli import app
+
+    bundle = system["bundle"]
+    res = CliRunner().invoke(app, ["eval", "--model", str(system["model"]), "--tasks", str(system["tasks"]),
+                                   "--out", str(out), "--kb", str(bundle / "kb"), "--reranker",
+                                   str(bundle / "reranker"), "--backend", "gguf", "--gguf",
+                                   str(bundle / "student.gguf")])
+    assert res.exit_code == 0, res.output
+    return {json.loads(line)["id"]: json.loads(line)
+            for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()}
+
+
 def test_eval_gguf_and_the_bundle_give_the_same_answers(system: dict[str, Path]) -> None:
     from kardlite.cli import app
     from kardlite.runtime import load
@@ -65,16 +80,10 @@ def test_eval_gguf_and_the_bundle_give_the_same_answers(system: dict[str, Path])
     assert manifest["inference"]["first_stage"] == "hybrid" and manifest["retrieval"]["reranker"]
 
     # eval with no setting given: the student's settings, the bundle's KB, reranker and GGUF
-    res = CliRunner().invoke(app, ["eval", "--model", str(system["model"]), "--tasks", str(system["tasks"]),
-                                   "--out", str(out), "--kb", str(bundle / "kb"), "--reranker",
-                                   str(bundle / "reranker"), "--backend", "gguf", "--gguf",
-                                   str(bundle / "student.gguf")])
-    assert res.exit_code == 0, res.output
+    rows = _eval_with_the_bundle_s_parts(system, out)
     settings = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     for key in ("n_docs", "pool", "first_stage", "max_new_tokens", "max_source_tokens", "no_answer", "mode"):
         assert settings[key] == manifest["inference"][key], key
-    rows = {json.loads(line)["id"]: json.loads(line)
-            for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()}
 
     with load(bundle) as pipe:
         for q in QUESTIONS:
@@ -111,7 +120,6 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
     """KA-FT trained on option-text answers: the bundle scores each option's text right after the prompt's cue,
     generating nothing, as eval does (it used to generate first and score after the generated text)."""
     from kardlite.answers import option_continuations
-    from kardlite.cli import app
     from kardlite.gguf_student import letter_distribution
     from kardlite.runtime import load
     from kardlite.runtime.pipeline import _PassageView
@@ -121,13 +129,7 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
     bundle, out = system["bundle"], system["root"] / "eval"
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["inference"]["mode"] == "ka-ft" and manifest["inference"]["answer_scoring"] == "text"
-    res = CliRunner().invoke(app, ["eval", "--model", str(system["model"]), "--tasks", str(system["tasks"]),
-                                   "--out", str(out), "--kb", str(bundle / "kb"), "--reranker",
-                                   str(bundle / "reranker"), "--backend", "gguf", "--gguf",
-                                   str(bundle / "student.gguf")])
-    assert res.exit_code == 0, res.output
-    rows = {json.loads(line)["id"]: json.loads(line)
-            for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()}
+    rows = _eval_with_the_bundle_s_parts(system, out)
     with load(bundle) as pipe:
         for q in QUESTIONS:
             ans = pipe.ask(q.question, list(q.options))
