@@ -349,11 +349,9 @@ def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode
         described = "packaged base SmolLM2-135M-Instruct, untrained"
     elif plan.adapter is not None:
         described = ("SmolLM2-135M-Instruct + the shipped LoRA adapter (kardlite/demo/adapter), merged: "
-                     f"{plan.recipe.mode.upper()}-distilled on the demo train rationales"
-                     + (" after a warm start" if plan.adapter.get("warm_start") else ""))
+                     f"{_trained_on(plan.recipe)}" + (" after a warm start" if plan.adapter.get("warm_start") else ""))
     else:
-        described = (f"SmolLM2-135M-Instruct + LoRA, {plan.recipe.mode.upper()}-distilled on the demo train "
-                     "rationales")
+        described = f"SmolLM2-135M-Instruct + LoRA, {_trained_on(plan.recipe)}"
     manifest["demo"] = {"mode": mode, "build_seconds": round(time.perf_counter() - started, 1),
                         "student": described,
                         "reranker": "late interaction on MiniLM-L6 cut to 2 layers, KL to rationale-BM25"
@@ -367,3 +365,16 @@ def _stage_bundle(out: Path, kb: Any, reranker: Path | None, student: Path, mode
             "warm_start": plan.adapter.get("warm_start")}
     write_manifest(out, manifest)  # with its digest, or the runtime would refuse the edited manifest
     log.done(t)
+
+
+def _trained_on(recipe: StudentRecipe) -> str:
+    """What the demo student learnt from, in words: only RD and KARD (and KA-FT's rationale query) use rationales."""
+    if recipe.mode in ("rd", "kard"):
+        source = "to write the demo train rationales"
+    elif recipe.mode == "ka-ft" and recipe.query == "rationale":
+        source = "on the demo train questions with the passages their rationales retrieve"
+    elif recipe.mode == "ka-ft":
+        source = "on the demo train questions with the passages they retrieve"
+    else:
+        source = "on the demo train questions"
+    return f"{recipe.mode.upper()}-distilled {source}"

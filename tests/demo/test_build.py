@@ -49,3 +49,17 @@ def test_incomplete_bundle_is_not_reused(tmp_path: Path, monkeypatch: pytest.Mon
     assert is_fast()
     monkeypatch.setenv("KARDLITE_FAST", "0")
     assert not is_fast()
+
+
+@pytest.mark.parametrize(("mode", "query", "says_rationales"), [
+    ("kard", "rationale", True), ("rd", "rationale", True), ("ka-ft", "rationale", True),
+    ("ka-ft", "question", False), ("ft", "question", False)])
+def test_the_bundle_says_what_its_student_learnt_from(mode: str, query: str, says_rationales: bool) -> None:
+    """An answer-only student trained on question-retrieved passages saw no rationale: the page must not say so."""
+    import dataclasses
+
+    from kardlite.demo.build import _trained_on
+    from kardlite.demo.recipe import StudentRecipe
+
+    text = _trained_on(dataclasses.replace(StudentRecipe(), mode=mode, query=query))
+    assert text.startswith(f"{mode.upper()}-distilled") and ("rationales" in text) == says_rationales
