@@ -20,8 +20,7 @@ from kardlite.prompts import ANSWER_ONLY_MODES
 if TYPE_CHECKING:
     from kardlite.runtime import Pipeline
 
-ANSWER_ONLY_NOTE = ("This student writes no rationale: it was trained to answer from the passages alone, and each "
-                    "option's text is scored after them.")
+ANSWER_ONLY_NOTE = view.ANSWER_ONLY_NOTE  # the rationale box's placeholder for an answer-only student
 
 
 def _gradio() -> Any:

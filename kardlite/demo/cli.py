@@ -149,6 +149,8 @@ def _result_line(name: str, m: dict[str, Any]) -> str:
 def _answer(path: Path, question: str, threads: int | None, audit_log: Path | None = None) -> None:
     """Stream one answer to the terminal: the passages, the rationale as it is written, the answer, the timings."""
     from kardlite.demo import demo_questions
+    from kardlite.demo.view import ANSWER_ONLY_NOTE
+    from kardlite.prompts import ANSWER_ONLY_MODES
     from kardlite.runtime import load
 
     options: list[str] | None = None
@@ -166,7 +168,10 @@ def _answer(path: Path, question: str, threads: int | None, audit_log: Path | No
                     rerank = "" if p["rerank_score"] is None else f", rerank {p['rerank_score']:.3f}"
                     typer.echo(f"  [{p['rank']}] {p['title']} ({p['id']}; first stage {p['first_stage_score']:.4f}"
                                f"{rerank})")
-                typer.echo("\nRationale: ", nl=False)
+                if pipe.mode in ANSWER_ONLY_MODES and options:
+                    typer.echo(f"\n{ANSWER_ONLY_NOTE}", nl=False)
+                else:
+                    typer.echo("\nRationale: ", nl=False)
             elif event["type"] == "token" and event["sample"] == 0:
                 typer.echo(event["text"], nl=False)
             elif event["type"] == "answer":

@@ -22,6 +22,10 @@ from typing import Any
 from kardlite.data.records import LETTERS
 from kardlite.runtime.confidence import carried, content_words, options_support
 
+# Said where a rationale would be (page and terminal) when the student is answer-only (FT, KA-FT) and has options.
+ANSWER_ONLY_NOTE = ("This student writes no rationale: it was trained to answer from the passages alone, and each "
+                    "option's text is scored after them.")
+
 MAX_QUESTION_CHARS = 2000  # the app refuses longer input: far beyond any question the student was trained on
 MAX_OPTIONS_CHARS = 2000
 

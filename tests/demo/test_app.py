@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import kardlite
 from kardlite.cli import app
+from tests.conftest import needs_trained_demo
 
 
 def test_the_web_app_is_a_module_of_the_package() -> None:
@@ -54,3 +55,21 @@ def test_demo_passes_its_audit_log_to_the_answer_and_the_page(demo_bundle_fast: 
         about = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "about")
         assert "Evaluation card: no measured numbers" in about.value and "Known limits" in about.value
         assert "Not measured yet" in about.value and "kardlite demo eval" in about.value
+
+
+@needs_trained_demo
+@pytest.mark.slow
+def test_the_trained_demo_s_example_in_the_terminal_says_why_there_is_no_rationale(demo_bundle_trained: Path) -> None:
+    """The shipped demo student is answer-only: `kardlite demo example` says so where a rationale would stream, and
+    prints the letter and option the bundle's runtime picks."""
+    from kardlite.demo import demo_questions
+    from kardlite.demo.view import ANSWER_ONLY_NOTE
+    from kardlite.runtime import load
+
+    result = CliRunner().invoke(app, ["demo", "example", "--bundle", str(demo_bundle_trained), "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    item = demo_questions("test")[1]
+    with load(demo_bundle_trained, threads=2) as pipe:
+        expected = pipe.ask(item.question, list(item.options))
+    assert ANSWER_ONLY_NOTE in result.output and "Rationale:" not in result.output
+    assert f"Answer: {expected['letter']}. {expected['answer']}" in result.output
