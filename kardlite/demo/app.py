@@ -20,8 +20,6 @@ from kardlite.prompts import ANSWER_ONLY_MODES
 if TYPE_CHECKING:
     from kardlite.runtime import Pipeline
 
-ANSWER_ONLY_NOTE = view.ANSWER_ONLY_NOTE  # the rationale box's placeholder for an answer-only student
-
 
 def _gradio() -> Any:
     """Import gradio with its telemetry off (the variable must be set before the import)."""
@@ -124,9 +122,9 @@ def build(pipe: Pipeline) -> Any:
                     # no LaTeX: "$$" in model text would otherwise be typeset after the markdown is rendered
                     answer = gr.Markdown(elem_id="answer", latex_delimiters=[])
                     # an answer-only student (ft, ka-ft) writes nothing: its options are scored, the box says so
+                    note = view.ANSWER_ONLY_NOTE if pipe.mode in ANSWER_ONLY_MODES else None
                     rationale = gr.Textbox(label="Rationale (streamed as the student writes it)", lines=6,
-                                           interactive=False, elem_id="rationale",
-                                           placeholder=ANSWER_ONLY_NOTE if pipe.mode in ANSWER_ONLY_MODES else None)
+                                           interactive=False, elem_id="rationale", placeholder=note)
                     gr.Markdown("**Passages shown to the student** (marked: the sentences the rationale repeats)")
                     passages = gr.HTML(elem_id="passages")
                     with gr.Accordion(f"First-stage candidates ({stage}) and timings", open=True):

@@ -194,7 +194,7 @@ def test_trained_demo_page_answers_the_readme_example_as_its_bundle_does(trained
     with KARDLITE_UPDATE_SCREENSHOT=1 it also replaces docs/screenshots/demo.png."""
     import json
 
-    from kardlite.demo.app import ANSWER_ONLY_NOTE
+    from kardlite.demo.view import ANSWER_ONLY_NOTE
     from kardlite.prompts import ANSWER_ONLY_MODES
     from kardlite.runtime import load
 
