@@ -15,6 +15,11 @@ with ``--reranker-kind late-interaction``, the demo bundle's kind (its KB cache 
     nice python bench/edge.py --threads 2 --questions 8
     nice python bench/edge.py --threads 2 --questions 8 --reranker-kind late-interaction --work runs/bench-edge-li
     nice python bench/edge.py --student runs/obqa/student/model --kb runs/obqa/kb --reranker runs/obqa/reranker
+    python bench/edge.py --built exports/demo --student exports/demo.work/student-adapter --questions 27
+
+``--built`` measures a bundle as it was built (its own passages, pool and cap) against its merged student in
+PyTorch fp32, with its kept prompt start turned off and with one thread; an answer-only bundle (FT / KA-FT, options
+scored after the prompt) decodes nothing, so its answer time is all prompt evaluation and option scoring.
 """
 
 from __future__ import annotations
@@ -65,9 +70,10 @@ def child_bundle(args: argparse.Namespace) -> dict:
     cold = time.perf_counter() - t0
     if args.no_prefix:  # the lever measured: every question's prefill from an empty KV cache
         pipe.student.set_prefix([])
-    rows, raw = [], []
+    rows, raw, letters = [], [], []
     for question, options in _questions(args.questions):
         ans = pipe.ask(question, options, n_docs=args.n_docs, max_new_tokens=args.max_new_tokens, temperature=0.0)
+        letters.append(ans["letter"])
         rows.append({**{k: ans["timings"][k] for k in (*STAGES, "prefill")}, "generated": ans["tokens"]["generated"],
                      "prompt_tokens": ans["tokens"]["prompt"], "decode_per_s": ans["tokens"]["decode_per_s"]})
         # Raw llama.cpp: the same prompt, then the same number of single-token decodes through bare eval() calls
@@ -80,17 +86,19 @@ def child_bundle(args: argparse.Namespace) -> dict:
             tick = time.perf_counter()
             llm.eval(ids)
             rows[-1]["raw_prefill"] = time.perf_counter() - tick  # the whole prompt from an empty cache
-            steps = max(ans["tokens"]["generated"] - 1, 1)
-            tick = time.perf_counter()
-            for i in range(steps):
-                llm.eval([ids[i % len(ids)]])
-            raw.append(steps / (time.perf_counter() - tick))
+            if ans["tokens"]["generated"]:  # an answer-only bundle generates nothing: no decode to compare
+                steps = max(ans["tokens"]["generated"] - 1, 1)
+                tick = time.perf_counter()
+                for i in range(steps):
+                    llm.eval([ids[i % len(ids)]])
+                raw.append(steps / (time.perf_counter() - tick))
             # Leave the cache as the pipeline keeps it between questions (its shared prompt start), or the next
             # question would pay for the prefix again and the pipeline's prefill would be measured without it.
             llm.reset()
             if pipe.student.prefix:
                 llm.eval(pipe.student.prefix)
-    return {"cold_start_s": cold, "rows": rows, "raw_decode_per_s": raw, "peak_rss_mb": _peak_rss_mb()}
+    return {"cold_start_s": cold, "rows": rows, "raw_decode_per_s": raw, "peak_rss_mb": _peak_rss_mb(),
+            "letters": letters}
 
 
 def _item(question: str, options: list[str]):
@@ -104,9 +112,13 @@ def child_torch(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from kardlite.answers import option_continuations
+    from kardlite.data.records import LETTERS
+    from kardlite.distill.scoring import score_continuations
+    from kardlite.distill.student import load_student
     from kardlite.export.bundle import read_manifest
     from kardlite.kb import KnowledgeBase
-    from kardlite.prompts import build_prompt
+    from kardlite.prompts import ANSWER_ONLY_MODES, build_prompt
     from kardlite.rerank.model import Reranker
 
     torch.set_num_threads(args.threads)
@@ -119,12 +131,21 @@ def child_torch(args: argparse.Namespace) -> dict:
         if rr_info.get("passage_cache"):
             reranker.load_passage_cache(Path(args.bundle) / rr_info["dir"] / rr_info["passage_cache"], kb)
         reranker.warm(kb)
-    model = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(args.student)
-    cold = time.perf_counter() - t0
     first_stage, pool = manifest["retrieval"]["first_stage"], manifest["retrieval"]["pool"]
     budget, mode = manifest["prompt"]["max_tokens"], manifest["prompt"]["mode"]
-    rows = []
+    inference = manifest.get("inference") or {}
+    answer_format = inference.get("answer_format", "letter")
+    # An answer-only bundle scores each option's text after the prompt and generates nothing: PyTorch does the same
+    # (kardlite's own scoring, as eval runs it), so both sides measure one question's real work.
+    score_only = mode in ANSWER_ONLY_MODES and inference.get("answer_scoring") == "text"
+    if score_only:
+        student = load_student(args.student)
+        model, tok = student.model, student.tokenizer
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(args.student)
+    cold = time.perf_counter() - t0
+    rows, letters = [], []
     for question, options in _questions(args.questions):
         item = _item(question, options)
         start = time.perf_counter()
@@ -137,10 +158,21 @@ def child_torch(args: argparse.Namespace) -> dict:
         passages = kb.get([h["id"] for h in shown])
         prompt = build_prompt(item, mode, passages=passages, max_tokens=budget, chat_template=tok.chat_template,
                               count_tokens=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]),
-                              bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+                              bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+                              answer_format=answer_format)
         ids = torch.tensor([tok(prompt.text, add_special_tokens=False)["input_ids"]])
         t_prompt = time.perf_counter() - tick
         tick = time.perf_counter()
+        if score_only:
+            conts = option_continuations([list(options)], answer_format)[0]
+            with torch.inference_mode():
+                means = [m for m, _ in score_continuations(student, [ids[0].tolist()], [conts])[0]]
+            t_gen = time.perf_counter() - tick
+            letters.append(LETTERS[max(range(len(means)), key=means.__getitem__)])
+            rows.append({"retrieve": t_ret, "rerank": t_rr, "prompt": t_prompt, "generate": t_gen, "prefill": t_gen,
+                         "total": t_ret + t_rr + t_prompt + t_gen, "generated": 0,
+                         "prompt_tokens": int(ids.shape[1]), "decode_per_s": 0.0})
+            continue
         with torch.inference_mode():
             first = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1,
                                    pad_token_id=tok.pad_token_id)
@@ -155,7 +187,8 @@ def child_torch(args: argparse.Namespace) -> dict:
         rows.append({"retrieve": t_ret, "rerank": t_rr, "prompt": t_prompt, "generate": t_gen, "prefill": t_first,
                      "total": t_ret + t_rr + t_prompt + t_gen, "generated": n_new, "prompt_tokens": int(ids.shape[1]),
                      "decode_per_s": (n_new - 1) / max(t_gen - t_first, 1e-9) if n_new > 1 else 0.0})
-    return {"cold_start_s": cold, "rows": rows, "raw_decode_per_s": [], "peak_rss_mb": _peak_rss_mb()}
+    return {"cold_start_s": cold, "rows": rows, "raw_decode_per_s": [], "peak_rss_mb": _peak_rss_mb(),
+            "letters": letters}
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -243,6 +276,70 @@ def _summary(res: dict) -> dict:
     return out
 
 
+def measure_built(args: argparse.Namespace) -> None:
+    """A built bundle as it ships (its own n_docs and generation cap), the same bundle with its kept prompt start
+    turned off and with one thread, and its student in PyTorch fp32, on the same questions."""
+    from kardlite.export.bundle import read_manifest
+
+    bundle = Path(args.built)
+    manifest = read_manifest(bundle)
+    inference = manifest.get("inference") or {}
+    args.n_docs = int(manifest["retrieval"]["n_docs"])
+    args.max_new_tokens = int(manifest["decoding"]["max_new_tokens"])
+    args.pool = int(manifest["retrieval"]["pool"])  # recorded only: the bundle retrieves with its own pool
+    if args.student in (None, "smollm2"):
+        raise SystemExit("--built needs --student: the merged student folder the bundle was exported from "
+                         f"(its manifest names {manifest['student'].get('source', {}).get('folder')})")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    student = Path(args.student)
+    raw = {"bundle": _run_child("bundle", bundle, student, args, "built")}
+    raw["no-prefix-cache"] = _run_child("bundle", bundle, student, args, "built no-prefix-cache", no_prefix=True)
+    raw["1-thread"] = _run_child("bundle", bundle, student, args, "built 1-thread", threads=1)
+    raw["torch_fp32"] = _run_child("torch", bundle, student, args, "built torch")
+    results = {k: _summary(v) for k, v in raw.items()}
+    answer_only = not any(results[k]["generated_mean"] for k in results)
+    cols = list(results)
+    print(f"\nedge benchmark of {bundle} ({manifest['student']['quant']}, mode {manifest['prompt']['mode']}, "
+          f"answer scoring {inference.get('answer_scoring')}): {args.questions} demo test questions, "
+          f"{args.threads} threads, n_docs {args.n_docs}")
+    width = max(17, *(len(c) + 1 for c in cols))
+    print(f"{'metric':24s}" + "".join(f"{c:>{width}s}" for c in cols))
+    keys = [f"{s}_p50" for s in (*STAGES, "prefill")] + ["raw_prefill_p50", "total_p95", "decode_per_s",
+                                                          "raw_decode_per_s", "prompt_tokens_mean", "generated_mean",
+                                                          "cold_start_s", "peak_rss_mb"]
+    for k in keys:
+        print(f"{k:24s}" + "".join(f"{results[c][k]:{width}.2f}" for c in cols))
+    b, pt = results["bundle"], results["torch_fp32"]
+    same = sum(x == y for x, y in zip(raw["bundle"]["letters"], raw["torch_fp32"]["letters"], strict=True))
+    ratios = {"speedup_e2e_p50_vs_torch": pt["total_p50"] / b["total_p50"],
+              "speedup_answer_p50_vs_torch": pt["generate_p50"] / b["generate_p50"],
+              "prompt_eval_pipeline_vs_raw": b["prefill_p50"] / b["raw_prefill_p50"],
+              "kept_prefix_saves_s": results["no-prefix-cache"]["prefill_p50"] - b["prefill_p50"],
+              "rss_ratio_torch_vs_bundle": pt["peak_rss_mb"] / b["peak_rss_mb"],
+              "same_letter_as_torch": same / len(raw["bundle"]["letters"])}
+    if not answer_only:
+        ratios["pipeline_vs_raw_decode"] = b["decode_per_s"] / b["raw_decode_per_s"]
+    print("\nratios")
+    for k, v in ratios.items():
+        print(f"  {k:36s} {v:6.2f}")
+    targets = {"e2e p50 <= 2 s": b["total_p50"] <= 2.0, "prefill p50 <= 0.8 s": b["prefill_p50"] <= 0.8,
+               ">= 2x faster than torch fp32 (e2e p50)": ratios["speedup_e2e_p50_vs_torch"] >= 2.0}
+    if not answer_only:
+        targets["pipeline decode >= 95% of raw llama.cpp"] = ratios["pipeline_vs_raw_decode"] >= 0.95
+    print("\ntargets (2 cores)")
+    for k, ok in targets.items():
+        print(f"  [{'x' if ok else ' '}] {k}")
+    if answer_only:
+        print("  (no decode target: this bundle's student writes no tokens; each option's text is scored after the "
+              "prompt, so 'prefill' is the prompt plus the option scoring, the whole answer)")
+    out = Path(args.work) / "results-built.json"
+    out.write_text(json.dumps({"args": vars(args), "bundle": str(bundle), "answer_only": answer_only,
+                               "results": results, "ratios": ratios, "targets": targets,
+                               "letters": {k: v["letters"] for k, v in raw.items()},
+                               "load_avg": os.getloadavg()}, indent=2))
+    print(f"\nwritten {out}; load average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", choices=("bundle", "torch"), help=argparse.SUPPRESS)
@@ -262,11 +359,16 @@ def main() -> None:
     ap.add_argument("--no-verify", action="store_true", help="skip GGUF verification when exporting")
     ap.add_argument("--no-prefix", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-levers", action="store_true", help="only Q4_K_M, Q8_0 and torch (no prefill levers)")
+    ap.add_argument("--built", metavar="BUNDLE", help="measure this built bundle as it is (e.g. exports/demo) against "
+                    "its student in PyTorch fp32 (--student: the merged student folder it was exported from)")
     args = ap.parse_args()
 
     if args.child:
         res = child_bundle(args) if args.child == "bundle" else child_torch(args)
         print(json.dumps(res))
+        return
+    if args.built:
+        measure_built(args)
         return
 
     prepared = _prepare(args)
