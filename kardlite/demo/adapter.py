@@ -176,10 +176,12 @@ def warm_start_run(path: str | Path, base: Mapping[str, str]) -> dict[str, Any]:
     if theirs["sha256"] != base["sha256"]:
         raise InputError(f"the warm start was trained on another base ({theirs['file']} sha256 "
                          f"{theirs['sha256'][:12]}…, the demo's is {base['sha256'][:12]}…)", path=run, field="student")
+    data = {k: manifest["data"].get(k) for k in ("examples", "examples_sha256", "n_examples", "n_questions")}
+    if data["examples"]:  # the file's name: its sha256 says which data it was, a path says which machine it was on
+        data["examples"] = Path(data["examples"]).name
     return {"run": str(path), "model": str(run / "model"), "state": _lora_state(run),
             "lora": {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"], "targets": cfg["lora_targets"]},
-            "data": {k: manifest["data"].get(k) for k in ("examples", "examples_sha256", "n_examples",
-                                                            "n_questions")},
+            "data": data,
             "steps": manifest["steps"], "config": cfg}
 
 

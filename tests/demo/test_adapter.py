@@ -134,6 +134,8 @@ def test_the_shipped_adapter_agrees_with_its_command() -> None:
     manifest = ad.read_manifest(folder)
     assert check_command(manifest) == []
     assert manifest["adapter"]["bytes"] <= ad.MAX_ADAPTER_BYTES
+    warm = manifest["warm_start"]
+    assert warm is None or not Path(warm["examples"]).is_absolute(), "a path of the machine that made it"
 
 
 @pytest.mark.slow
@@ -186,6 +188,8 @@ def test_a_warm_start_is_stacked_into_one_adapter(made: SimpleNamespace, tmp_pat
     manifest = ad.read_manifest(out)
     assert manifest["warm_start"]["run"] == str(made.run) and manifest["warm_start"]["lora"]["r"] == 16
     assert manifest["warm_start"]["examples_sha256"] == made.manifest["examples"]["sha256"]
+    # the examples file by name, never a path of the machine that made it (the shipped manifest travels)
+    assert "/" not in manifest["warm_start"]["examples"] and manifest["warm_start"]["examples"].endswith(".jsonl")
     assert manifest["lora"]["r"] == 32 and manifest["lora"]["alpha"] == 32
     assert f"--warm-start {made.run}" in manifest["command"] and check_command(manifest) == []
     warm_run = made.work / f"student-{recipe.key(str(made.run / 'model'))}"
