@@ -86,6 +86,7 @@ def test_eval_gguf_and_the_bundle_give_the_same_answers(system: dict[str, Path])
         assert settings[key] == manifest["inference"][key], key
 
     with load(bundle) as pipe:
+        assert not pipe.answer_only  # a KARD student writes its rationale
         for q in QUESTIONS:
             ans = pipe.ask(q.question, list(q.options))
             row = rows[q.id]
@@ -131,6 +132,7 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
     assert manifest["inference"]["mode"] == "ka-ft" and manifest["inference"]["answer_scoring"] == "text"
     rows = _eval_with_the_bundle_s_parts(system, out)
     with load(bundle) as pipe:
+        assert pipe.answer_only  # what the app and `kardlite demo example` read to say why no rationale is shown
         for q in QUESTIONS:
             ans = pipe.ask(q.question, list(q.options))
             row = rows[q.id]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from kardlite.demo import DISCLAIMER, demo_questions, view
 from kardlite.demo.build import build_demo_bundle
 from kardlite.errors import KardliteError, MissingExtraError
-from kardlite.prompts import ANSWER_ONLY_MODES
 
 if TYPE_CHECKING:
     from kardlite.runtime import Pipeline
@@ -122,7 +121,7 @@ def build(pipe: Pipeline) -> Any:
                     # no LaTeX: "$$" in model text would otherwise be typeset after the markdown is rendered
                     answer = gr.Markdown(elem_id="answer", latex_delimiters=[])
                     # an answer-only student (ft, ka-ft) writes nothing: its options are scored, the box says so
-                    note = view.ANSWER_ONLY_NOTE if pipe.mode in ANSWER_ONLY_MODES else None
+                    note = view.ANSWER_ONLY_NOTE if pipe.answer_only else None
                     rationale = gr.Textbox(label="Rationale (streamed as the student writes it)", lines=6,
                                            interactive=False, elem_id="rationale", placeholder=note)
                     gr.Markdown("**Passages shown to the student** (marked: the sentences the rationale repeats)")

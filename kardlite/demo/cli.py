@@ -150,7 +150,6 @@ def _answer(path: Path, question: str, threads: int | None, audit_log: Path | No
     """Stream one answer to the terminal: the passages, the rationale as it is written, the answer, the timings."""
     from kardlite.demo import demo_questions
     from kardlite.demo.view import ANSWER_ONLY_NOTE
-    from kardlite.prompts import ANSWER_ONLY_MODES
     from kardlite.runtime import load
 
     options: list[str] | None = None
@@ -168,7 +167,7 @@ def _answer(path: Path, question: str, threads: int | None, audit_log: Path | No
                     rerank = "" if p["rerank_score"] is None else f", rerank {p['rerank_score']:.3f}"
                     typer.echo(f"  [{p['rank']}] {p['title']} ({p['id']}; first stage {p['first_stage_score']:.4f}"
                                f"{rerank})")
-                if pipe.mode in ANSWER_ONLY_MODES and options:
+                if pipe.answer_only and options:
                     typer.echo(f"\n{ANSWER_ONLY_NOTE}", nl=False)
                 else:
                     typer.echo("\nRationale: ", nl=False)

@@ -111,6 +111,12 @@ class Pipeline:
     # --- public API -------------------------------------------------------------------------------------------
 
     @property
+    def answer_only(self) -> bool:
+        """True for an answer-only student (FT, KA-FT): a question with options is answered by scoring each option's
+        text after the prompt, and no rationale is written (a question without options is still answered in text)."""
+        return self.mode in ANSWER_ONLY_MODES
+
+    @property
     def card(self) -> EvaluationCard:
         """The bundle's evaluation card (``card.json``, checked at load): intended use, known limits and the
         measured numbers, or ``status == "unmeasured"`` when nothing was measured (see :mod:`kardlite.card`)."""
@@ -198,7 +204,7 @@ class Pipeline:
             self.student.begin(prompt_ids)
             # An answer-only student (ft, ka-ft) with options is read as eval reads it: each option scored right
             # after the prompt's "Answer:" cue, nothing generated (it was never trained to write a rationale).
-            score_only = self.mode in ANSWER_ONLY_MODES and bool(opts)
+            score_only = self.answer_only and bool(opts)
             if score_only:
                 samples = 1
                 answer = self._answer(item, opts, [""], 1, prompt_ids, letter_dists, after_prompt=True)
