@@ -387,7 +387,8 @@ def render_page(result: dict[str, Any]) -> str:
     if chosen:
         r = result["arms"][chosen]
         verdict = ("meets" if r["accuracy"] - r["start_accuracy"] >= 0.05 else "misses")
-        lines += [f"**Best so far: `{chosen}`** at {_pct(r['accuracy'])} against {_pct(r['start_accuracy'])} "
+        label = "Chosen" if result["finished"] else "Best so far"
+        lines += [f"**{label}: `{chosen}`** at {_pct(r['accuracy'])} against {_pct(r['start_accuracy'])} "
                   f"untrained ({verdict} the +5-point bar)."
                   + ("" if result["finished"] else " The choice is provisional until every arm has run.")]
     notes = OUT.parent / f"{OUT.name}.notes.md"
