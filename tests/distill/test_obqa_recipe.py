@@ -39,3 +39,14 @@ def test_every_scoring_of_an_arm_reads_a_letter_per_question(recipe, tiny_llama_
         assert row["pred"]["text"] is not None
         assert row["fact_shown"] is (True if mode in ("kard", "ka-ft") else None)
         assert ("output" in row) == (mode in ("rd", "kard"))
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_the_page_names_the_choice_final_only_once_every_arm_has_run(recipe, finished):
+    arm = {"mode": "ft", "answer_format": "text", "lr": 1e-3, "freeze_layers": 0, "accuracy": 0.4, "ci_low": 0.335,
+           "ci_high": 0.47, "start_accuracy": 0.29, "invalid_rate": 0.0, "curve": None, "tokens_per_s": 200.0}
+    page = recipe.render_page({"arms": {"ft-best-lr1e-3/text": arm}, "chosen": "ft-best-lr1e-3/text",
+                               "finished": finished})
+    assert ("**Chosen: `ft-best-lr1e-3/text`**" in page) is finished
+    assert ("**Best so far: `ft-best-lr1e-3/text`**" in page) is not finished
+    assert ("provisional" in page) is not finished and "meets the +5-point bar" in page
