@@ -262,6 +262,18 @@ def _run_child(kind: str, bundle: Path, student: Path, args: argparse.Namespace,
     return result
 
 
+TABLE_KEYS = (*(f"{s}_p50" for s in (*STAGES, "prefill")), "raw_prefill_p50", "total_p95", "decode_per_s",
+              "raw_decode_per_s", "prompt_tokens_mean", "generated_mean", "cold_start_s", "peak_rss_mb")
+
+
+def _print_table(results: dict[str, dict], cols: list[str], min_width: int) -> None:
+    """One row per metric (TABLE_KEYS), one column per configuration."""
+    width = max(min_width, *(len(c) + 1 for c in cols))
+    print(f"{'metric':24s}" + "".join(f"{c:>{width}s}" for c in cols))
+    for k in TABLE_KEYS:
+        print(f"{k:24s}" + "".join(f"{results[c][k]:{width}.2f}" for c in cols))
+
+
 def _summary(res: dict) -> dict:
     rows = res["rows"]
     out = {f"{s}_p50": _pct([r[s] for r in rows], 50) for s in (*STAGES, "prefill")}
@@ -302,13 +314,7 @@ def measure_built(args: argparse.Namespace) -> None:
     print(f"\nedge benchmark of {bundle} ({manifest['student']['quant']}, mode {manifest['prompt']['mode']}, "
           f"answer scoring {inference.get('answer_scoring')}): {args.questions} demo test questions, "
           f"{args.threads} threads, n_docs {args.n_docs}")
-    width = max(17, *(len(c) + 1 for c in cols))
-    print(f"{'metric':24s}" + "".join(f"{c:>{width}s}" for c in cols))
-    keys = [f"{s}_p50" for s in (*STAGES, "prefill")] + ["raw_prefill_p50", "total_p95", "decode_per_s",
-                                                          "raw_decode_per_s", "prompt_tokens_mean", "generated_mean",
-                                                          "cold_start_s", "peak_rss_mb"]
-    for k in keys:
-        print(f"{k:24s}" + "".join(f"{results[c][k]:{width}.2f}" for c in cols))
+    _print_table(results, cols, min_width=17)
     b, pt = results["bundle"], results["torch_fp32"]
     same = sum(x == y for x, y in zip(raw["bundle"]["letters"], raw["torch_fp32"]["letters"], strict=True))
     ratios = {"speedup_e2e_p50_vs_torch": pt["total_p50"] / b["total_p50"],
@@ -381,12 +387,7 @@ def main() -> None:
     cols = ["Q4_K_M", "Q8_0", "torch_fp32", *levers]
     print(f"\nedge benchmark: {args.questions} demo questions, {args.threads} threads, n_docs {args.n_docs}, "
           f"pool {args.pool}, greedy, <= {args.max_new_tokens} new tokens; student {prepared['student']}")
-    width = max(13, *(len(c) + 1 for c in cols))
-    print(f"{'metric':24s}" + "".join(f"{c:>{width}s}" for c in cols))
-    keys = [f"{s}_p50" for s in (*STAGES, "prefill")] + ["raw_prefill_p50"] + [f"{s}_p95" for s in ("total",)] + [
-        "decode_per_s", "raw_decode_per_s", "prompt_tokens_mean", "generated_mean", "cold_start_s", "peak_rss_mb"]
-    for k in keys:
-        print(f"{k:24s}" + "".join(f"{results[c][k]:{width}.2f}" for c in cols))
+    _print_table(results, cols, min_width=13)
     q4, q8, pt = results["Q4_K_M"], results["Q8_0"], results["torch_fp32"]
     # Per generated token, since an untrained student may stop at different lengths in each engine.
     per_tok = {c: results[c]["generate_p50"] / max(results[c]["generated_mean"], 1) for c in cols}
