@@ -11,6 +11,7 @@ covers every load in the process (teacher, runtime and the test server alike).
 
 from __future__ import annotations
 
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,14 @@ def apply_amx_fix() -> None:
         lowlevel.llama_model_default_params = llama_model_default_params
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 def load_llama(path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: int | None = None,
                seed: int = 0, verbose: bool = False, **kwargs: Any) -> Any:
     """Load a GGUF as a ``llama_cpp.Llama`` with the AMX crash fix applied.
@@ -66,7 +75,9 @@ def load_llama(path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: 
     Args:
         path: a GGUF file; None for the packaged SmolLM2-135M-Instruct (Q4_1).
         n_ctx: context window in tokens.
-        n_threads: CPU threads; None lets llama.cpp choose.
+        n_threads: CPU threads for decoding and, unless ``n_threads_batch`` is given, for prompt processing;
+            None: every usable CPU (:func:`usable_cpus`). llama-cpp-python's own default decodes on half the
+            CPUs (one of two on a two-core machine).
         seed: sampling seed.
         verbose: let llama.cpp print its load log.
         **kwargs: passed to ``llama_cpp.Llama``.
@@ -82,6 +93,8 @@ def load_llama(path: str | Path | None = None, *, n_ctx: int = 2048, n_threads: 
     from llama_cpp import Llama
 
     model_path = packaged_smollm2() if path is None else Path(path)
+    n_threads = n_threads or usable_cpus()
+    kwargs["n_threads_batch"] = kwargs.get("n_threads_batch") or n_threads
     if not model_path.is_file():
         raise InputError("GGUF model file not found", path=model_path)
     # llama.cpp reads whatever it is given; a file without the GGUF magic is refused before it gets there.

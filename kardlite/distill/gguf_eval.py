@@ -46,7 +46,7 @@ class GGUFBackend(GGUFStudent):
     Args:
         gguf_path: the exported student (``student-Q8_0.gguf`` for evaluation: the check in
             ``kardlite.export.gguf`` holds it to PyTorch's greedy output).
-        threads: CPU threads for prompt processing and decoding (None: llama.cpp's default, all cores).
+        threads: CPU threads for prompt processing and decoding (None: every usable CPU).
         n_ctx: context window; a prompt plus ``max_new_tokens`` must fit.
         n_batch: prompt tokens per decode call.
     """

@@ -495,7 +495,8 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = True, n
 
     Args:
         path: the bundle folder.
-        threads: CPU threads for llama.cpp and onnxruntime (None: their defaults, all cores).
+        threads: CPU threads for llama.cpp and onnxruntime (None: every usable CPU for llama.cpp; onnxruntime's
+            own default).
         verify: check every file's sha256 against the manifest first (~0.3 s per 100 MB). The manifest's own
             digest, the sizes, and the bundle's confinement (relative paths, no links, no unlisted files) are
             checked always.

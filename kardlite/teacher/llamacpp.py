@@ -20,7 +20,7 @@ class LlamaCppTeacher(Teacher):
     Args:
         model_path: a GGUF file; None for the packaged SmolLM2.
         n_ctx: context window.
-        n_threads: CPU threads (None: llama.cpp's choice).
+        n_threads: CPU threads (None: every usable CPU).
         temperature, max_tokens, top_p, seed: sampling settings (seed 0 when None, for reproducibility).
     """
 

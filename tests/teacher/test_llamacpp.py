@@ -56,3 +56,17 @@ def test_missing_gguf_is_an_input_error(tmp_path) -> None:
     with pytest.raises(InputError, match="not found"):
         load_llama(tmp_path / "nope.gguf")
     assert packaged_smollm2().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_threads_default_to_every_usable_cpu_for_prompt_and_decode() -> None:
+    # llama-cpp-python alone decodes on half the CPUs (one of two here); None must mean all of them, both phases.
+    from kardlite._llama import load_llama, usable_cpus
+
+    cpus = usable_cpus()
+    assert cpus >= 1
+    llama = load_llama(n_ctx=256)
+    assert (llama.context_params.n_threads, llama.context_params.n_threads_batch) == (cpus, cpus)
+    llama = load_llama(n_ctx=256, n_threads=1, n_threads_batch=None)
+    assert (llama.context_params.n_threads, llama.context_params.n_threads_batch) == (1, 1)
+    llama = load_llama(n_ctx=256, n_threads=1, n_threads_batch=2)
+    assert (llama.context_params.n_threads, llama.context_params.n_threads_batch) == (1, 2)
