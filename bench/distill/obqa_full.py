@@ -143,13 +143,16 @@ def stage_reranker(run: Run) -> None:
     a = run.args
     kb, kept = run.dir / "kb", run.dir / "filtered" / "kept.jsonl"
     train = run.split_file("train", a.train_limit)
+    data = run.dir / "reranker.data"  # one candidate set for both kinds, built by the first
     for kind, flags in RERANKERS.items():
         out = run.dir / f"reranker-{kind}"
         if not (out / "reranker.json").is_file():
-            data = run.dir / "reranker.data"
-            source = ["--data", str(data)] if data.exists() else ["--questions", str(train), "--rationales", str(kept)]
-            extra = ["--max-steps", str(a.max_steps)] if a.max_steps else []
-            run.cli("train", "reranker", "--kb", str(kb), *source, "--out", str(out), *flags, *extra)
+            source = [] if (data / "train.jsonl").is_file() else ["--tasks", str(train), "--rationales", str(kept)]
+            # a small run: max_steps batches of 8 queries per epoch
+            extra = ["--max-train-queries", str(8 * a.max_steps)] if a.max_steps else []
+            # interrupted, the same command resumes from <out>.checkpoint (every 500 steps, ~4 min)
+            run.cli("train", "reranker", "--kb", str(kb), "--data", str(data), *source, "--out", str(out), *flags,
+                    *extra)
     choice = run.dir / "reranker-choice.json"
     if not choice.is_file():
         scores = {kind: _fact1_recall(run, run.dir / f"reranker-{kind}") for kind in RERANKERS}

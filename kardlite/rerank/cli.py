@@ -91,6 +91,9 @@ def train(
     seed: Annotated[int, typer.Option()] = 42,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or "
                                              "cuda:N.")] = "auto",
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Steps between resume checkpoints (<out>.checkpoint; 0 = at each epoch's end only). Running the same "
+             "command again after an interruption continues from the last one.", min=0)] = 500,
     questions: Annotated[Path | None, typer.Option("--questions", hidden=True, exists=True,
                                                    help="Deprecated: --tasks.")] = None,
 ) -> None:
@@ -108,7 +111,7 @@ def train(
                                queries_per_batch=queries_per_batch, max_length=max_length,
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
                                num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries,
-                               device=device)
+                               device=device, checkpoint_every=checkpoint_every)
     cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
                            dev_fraction=dev_fraction, labels=labels.value)  # type: ignore[arg-type]
     config.validate()

@@ -21,6 +21,12 @@ gradient clipping at 1.0, batches of ``queries_per_batch`` queries × their (≤
 with dev metrics (best-candidate top-1 / top-3 rate, dev loss); the epoch with the best dev top-1 (then top-3)
 is saved, atomically. ``train_log.jsonl`` keeps one line per step and per evaluation.
 
+Resume: every ``checkpoint_every`` steps and at each epoch's end the run writes ``<out_dir>.checkpoint/``
+(atomically: weights, AdamW moments, schedule, the epoch's order and every random state, as safetensors + JSON,
+no pickles). Training the same data with the same settings into the same ``out_dir`` continues from it, and ends
+where an uninterrupted run ends, bit for bit on the same machine; other data or settings are refused. The
+checkpoint is removed once the reranker is saved.
+
 Device: ``device="auto"`` trains on the GPU when torch sees one, else on the CPU; the model and every batch go
 there, and so does the dev evaluation. The saved folder is the same either way: the model is moved back to the
 CPU before it is written.
@@ -29,6 +35,7 @@ CPU before it is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -43,7 +50,8 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from kardlite.errors import InputError, MissingExtraError
+from kardlite._io import atomic_dir, atomic_write_json
+from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.rerank.base import DEFAULT_DIM, KINDS, Kind, Reranker
 from kardlite.rerank.data import RerankQuery, load_queries
 from kardlite.rerank.encoder import DEFAULT_MAX_LENGTH
@@ -51,6 +59,9 @@ from kardlite.rerank.metrics import candidate_hit, evaluate_queries, ndcg  # noq
 
 Objective = Literal["kl", "ce"]
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+CHECKPOINT_SUFFIX = ".checkpoint"
+# settings that change how fast a run goes, not what it learns: a checkpoint resumes with other values
+_RESUME_FREE = ("threads", "eval_batch_size", "device", "checkpoint_every")
 
 
 @dataclass
@@ -86,6 +97,9 @@ class RerankTrainConfig:
         eval_batch_size: pairs per forward pass when evaluating.
         max_train_queries: cap on training queries (0 = all), for quick runs.
         device: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N".
+        checkpoint_every: steps between resume checkpoints (0 = only at each epoch's end). A 3-layer MiniLM's
+            checkpoint (weights, AdamW moments, the kept epoch's weights) is ~280 MB, written in 0.2-0.7 s on a
+            2-core VM; 500 steps are ~4 min of training there.
     """
 
     base_model: str | None = None
@@ -111,6 +125,7 @@ class RerankTrainConfig:
     eval_batch_size: int = 64
     max_train_queries: int = 0
     device: str = "auto"
+    checkpoint_every: int = 500
 
     def validate(self) -> None:
         """Raise InputError naming the first bad setting."""
@@ -132,6 +147,8 @@ class RerankTrainConfig:
                   (self.max_length >= 16, "max_length", "must be >= 16"),
                   (self.grad_clip >= 0, "grad_clip", "must be >= 0"),
                   (self.max_train_queries >= 0, "max_train_queries", "must be >= 0"),
+                  (isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool)
+                   and self.checkpoint_every >= 0, "checkpoint_every", "must be an integer >= 0"),
                   (self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
                                             and self.threads >= 1), "threads", "must be None or an integer >= 1")]
         for ok, name, msg in checks:
@@ -278,9 +295,102 @@ def _no_gain_message(start: dict[str, float], kept: dict[str, float], n_dev: int
             "a late-interaction reranker ranks well from the start; with few dev queries this can be noise.")
 
 
+# ----------------------------------------------------------------------------- resume checkpoints
+
+
+def _data_sha256(train: Sequence[RerankQuery], dev: Sequence[RerankQuery]) -> str:
+    """One digest of the training and dev queries (order included): a checkpoint resumes only the same data."""
+    digest = hashlib.sha256()
+    for split, queries in (("train", train), ("dev", dev)):
+        for q in queries:
+            digest.update(json.dumps([split, dataclasses.asdict(q)], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, best_state: dict[str, Any] | None,
+                     rng: random.Random, device: str, state: dict[str, Any]) -> None:
+    """Everything a run needs to go on, swapped in as one folder: safetensors for tensors, JSON for the rest."""
+    import torch
+    from safetensors.torch import save_file
+
+    def plain(tensors: dict[str, Any]) -> dict[str, Any]:  # own contiguous CPU copies: no shared storage
+        return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+    opt_state = opt.state_dict()
+    opt_tensors: dict[str, Any] = {}
+    opt_scalars: dict[str, Any] = {}
+    for index, slots in opt_state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                opt_tensors[f"{index}.{key}"] = value
+            else:
+                opt_scalars[f"{index}.{key}"] = value
+    randoms = {"torch_cpu": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        randoms["torch_cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    version, words, gauss = rng.getstate()
+    with atomic_dir(folder) as tmp:
+        save_file(plain(model.state_dict()), str(tmp / "model.safetensors"))
+        if best_state is not None:
+            save_file(plain(best_state), str(tmp / "best.safetensors"))
+        save_file(plain(opt_tensors), str(tmp / "optimizer.safetensors"))
+        save_file(plain(randoms), str(tmp / "random.safetensors"))
+        atomic_write_json(tmp / "state.json", {
+            **state, "optimizer": {"param_groups": opt_state["param_groups"], "scalars": opt_scalars},
+            "scheduler": sched.state_dict(), "python_random": [version, list(words), gauss]})
+
+
+def _load_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, rng: random.Random, device: str,
+                     expect: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """Restore a checkpoint into the fresh model, optimiser, schedule and random states; None when there is none.
+
+    Raises:
+        ArtifactError: the checkpoint was made from other data or settings, or lacks a tensor.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    for key, value in expect.items():
+        if state.get(key) != value:
+            theirs = state.get(key)
+            if isinstance(value, dict) and isinstance(theirs, dict):
+                theirs, value = ({k: v for k, v in theirs.items() if v != value.get(k)},
+                                 {k: v for k, v in value.items() if v != theirs.get(k)})
+            raise ArtifactError(f"{folder}: checkpoint was made with another {key} ({theirs!r} != {value!r}); use "
+                                "a new output folder, or delete the checkpoint to start over")
+    weights = load_file(str(folder / "model.safetensors"))
+    missing = set(model.state_dict()) - set(weights)
+    if missing:
+        raise ArtifactError(f"{folder}: checkpoint lacks {len(missing)} model tensors, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(weights)
+    best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
+    slots: dict[int, dict[str, Any]] = {}
+    for name, value in [*load_file(str(folder / "optimizer.safetensors")).items(),
+                        *state["optimizer"]["scalars"].items()]:
+        index, _, key = name.partition(".")
+        slots.setdefault(int(index), {})[key] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer"]["param_groups"]]
+    opt.load_state_dict({"state": slots, "param_groups": groups})
+    sched.load_state_dict(state["scheduler"])
+    randoms = load_file(str(folder / "random.safetensors"))
+    torch.set_rng_state(randoms["torch_cpu"])
+    if device.startswith("cuda") and "torch_cuda" in randoms:
+        torch.cuda.set_rng_state(randoms["torch_cuda"], torch.device(device))
+    version, words, gauss = state["python_random"]
+    rng.setstate((version, tuple(words), gauss))
+    return state, best
+
+
 def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | None = None, *,
-                   progress: bool = True, on_no_gain: Callable[[str], None] | None = None) -> Path:
+                   progress: bool = True, on_no_gain: Callable[[str], None] | None = None,
+                   on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train a reranker (``config.kind``: cross-encoder or late interaction) and save it to ``out_dir``.
+
+    A run interrupted after a checkpoint (``<out_dir>.checkpoint/``) continues from it when called again with the
+    same data and settings (module docstring).
 
     Args:
         data: a folder with ``train.jsonl`` / ``dev.jsonl`` (from ``kardlite train reranker`` data building or
@@ -291,10 +401,15 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
         progress: show a progress bar.
         on_no_gain: called with an explanation when the kept epoch does not beat the untrained start on dev
             (top-1, then top-3); None = issue it as a ``NoDevGainWarning``.
+        on_step: called as ``on_step(step, loss)`` after every optimiser step (after any checkpoint).
 
     Returns:
         ``out_dir``, a folder that ``Reranker.load`` (torch) and ``export_reranker_onnx`` accept. Its
         ``reranker.json`` "training" records the dev metrics per epoch and ``dev_improved``.
+
+    Raises:
+        InputError: bad data or settings.
+        ArtifactError: a checkpoint in the way that was made from other data or settings.
     """
     config = config or RerankTrainConfig()
     config.validate()
@@ -318,11 +433,14 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.with_name(out_dir.name + ".train_log.jsonl")
-    log_path.unlink(missing_ok=True)
+    ckpt_dir = out_dir.with_name(out_dir.name + CHECKPOINT_SUFFIX)
+    log_lines = 0
 
     def log(row: dict[str, Any]) -> None:
+        nonlocal log_lines
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        log_lines += 1
 
     reranker = Reranker.from_pretrained(config.base_model, max_length=config.max_length, lora=config.lora,
                                         num_layers=config.num_layers, seed=config.seed, kind=config.kind,
@@ -330,8 +448,6 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     model = reranker.model
     # before the optimiser is built, so that it holds the device's parameters (and its state lands there too)
     model.to(device)
-    log({"event": "start", "device": device, "device_name": _device_name(device), "n_train": len(train),
-         "n_dev": len(dev)})
     groups: dict[tuple[bool, bool], list[Any]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -344,6 +460,8 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     steps_per_epoch = math.ceil(len(train) / config.queries_per_batch)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, config.warmup))
+    expect = {"data_sha256": _data_sha256(train, dev),
+              "config": {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE}}
 
     def dev_eval(epoch: int, step: int) -> dict[str, float]:
         model.eval()
@@ -357,15 +475,44 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
         return m
 
     torch.manual_seed(config.seed)
-    history = [dev_eval(0, 0)] if dev else []
-    best_key, best_state, best_epoch = None, None, config.epochs
-    step, started = 0, time.time()
-    bar = tqdm(total=total, desc="train reranker", unit="step", disable=not progress)
-    for epoch in range(1, config.epochs + 1):
-        order = list(range(len(train)))
-        rng.shuffle(order)
+    resumed = _load_checkpoint(ckpt_dir, model, opt, sched, rng, device, expect)
+    if resumed is None:
+        log_path.unlink(missing_ok=True)
+        log({"event": "start", "device": device, "device_name": _device_name(device), "n_train": len(train),
+             "n_dev": len(dev)})
+        history = [dev_eval(0, 0)] if dev else []
+        best_key, best_state, best_epoch = None, None, config.epochs
+        step, first_epoch, position, order, elapsed = 0, 1, 0, None, 0.0
+    else:
+        state, best_state = resumed
+        # the log keeps what the checkpoint had seen; the steps after it are trained (and logged) again
+        lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True) if log_path.is_file() else []
+        if len(lines) < state["log_lines"]:
+            raise ArtifactError(f"{log_path}: {len(lines)} lines, but the checkpoint in {ckpt_dir} saw "
+                                f"{state['log_lines']}; delete the checkpoint to start over")
+        log_path.write_text("".join(lines[:state["log_lines"]]), encoding="utf-8")
+        log_lines = state["log_lines"]
+        history, best_epoch, elapsed = state["history"], state["best_epoch"], state["elapsed_s"]
+        best_key = tuple(state["best_key"]) if state["best_key"] is not None else None
+        step, first_epoch, position, order = state["step"], state["epoch"], state["position"], state["order"]
+        log({"event": "resume", "step": step, "device": device, "device_name": _device_name(device)})
+        if progress:
+            tqdm.write(f"resuming from step {step} of {total} ({ckpt_dir})")
+
+    def checkpoint(epoch: int, position: int, order: list[int] | None) -> None:
+        _save_checkpoint(ckpt_dir, model, opt, sched, best_state, rng, device, {
+            **expect, "step": step, "epoch": epoch, "position": position, "order": order, "history": history,
+            "best_key": best_key, "best_epoch": best_epoch, "elapsed_s": time.time() - started,
+            "log_lines": log_lines})
+
+    started = time.time() - elapsed
+    bar = tqdm(total=total, initial=step, desc="train reranker", unit="step", disable=not progress)
+    for epoch in range(first_epoch, config.epochs + 1):
+        if order is None:
+            order = list(range(len(train)))
+            rng.shuffle(order)
         model.train()
-        for start in range(0, len(order), config.queries_per_batch):
+        for start in range(position, len(order), config.queries_per_batch):
             batch = [train[i] for i in order[start:start + config.queries_per_batch]]
             tau1 = temperature_at(config.tau1, config.tau1_end, step, total)
             tau2 = temperature_at(config.tau2, config.tau2_end, step, total)
@@ -385,6 +532,11 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
+            following = start + config.queries_per_batch
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and following < len(order):
+                checkpoint(epoch, following, order)
+            if on_step is not None:
+                on_step(step, loss_value)
         if dev:
             m = dev_eval(epoch, step)
             history.append(m)
@@ -392,6 +544,9 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
             if best_key is None or key > best_key:
                 best_key, best_epoch = key, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        position, order = 0, None
+        if epoch < config.epochs:
+            checkpoint(epoch + 1, 0, None)
     bar.close()
     if best_state is not None and best_epoch != config.epochs:
         model.load_state_dict(best_state)
@@ -416,4 +571,5 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
                                  "train_seconds": round(time.time() - started, 1)}
     reranker.save(out_dir)
     shutil.copyfile(log_path, out_dir / "train_log.jsonl")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir

@@ -99,6 +99,20 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     agree = result["backend_agreement"]
     assert agree["n"] == 3 and agree["same_letter"] == 3 - len(agree["different"]) and 0 <= agree["rate"] <= 1
 
+    # The reranker stage: both kinds from one candidate set (a small run caps each epoch at max_steps batches),
+    # the better one on dev chosen; no resume checkpoint is left behind.
+    rr = subprocess.run([*cmd, "--stage", "reranker", "--systems", "kard-reranker"], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+    assert rr.returncode == 0, rr.stderr[-3000:]
+    assert sorted(p.name for p in run.glob("reranker*")) == [
+        "reranker-choice.json", "reranker-cross-encoder", "reranker-cross-encoder.train_log.jsonl",
+        "reranker-late-interaction", "reranker-late-interaction.train_log.jsonl", "reranker.data"]
+    for kind in ("cross-encoder", "late-interaction"):
+        training = json.loads((run / f"reranker-{kind}" / "reranker.json").read_text())["training"]
+        assert training["n_train"] == 32 and training["steps"] == 8  # 2 epochs of 4 batches of 8 queries
+    choice = json.loads((run / "reranker-choice.json").read_text())
+    assert choice["chosen"] in ("cross-encoder", "late-interaction") and len(choice["dev_fact1_r5_hybrid_pool20"]) == 2
+
     # A later sitting on another machine: the run folder is gone, the committed results are not. The page comes
     # back the same from them, and nothing with a committed result is trained or evaluated again.
     committed = tmp_path / "obqa-full"

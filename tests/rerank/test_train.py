@@ -53,8 +53,9 @@ def test_rejects_overlapping_split_and_empty_data(tmp_path, toy_split) -> None:
 
 def _tiny(kind: str = "cross-encoder", **kw) -> RerankTrainConfig:
     """One epoch on 8 queries through 1 encoder layer: a training run of a few seconds on a CPU."""
-    return RerankTrainConfig(kind=kind, dim=16, epochs=1, queries_per_batch=4, num_layers=1, max_length=32, seed=0,
-                             threads=2, max_train_queries=8, **kw)  # type: ignore[arg-type]
+    settings = {"dim": 16, "epochs": 1, "queries_per_batch": 4, "num_layers": 1, "max_length": 32, "seed": 0,
+                "threads": 2, "max_train_queries": 8, **kw}
+    return RerankTrainConfig(kind=kind, **settings)  # type: ignore[arg-type]
 
 
 def test_device_cpu_trains_and_records_the_device(tmp_path, toy_split) -> None:
@@ -133,3 +134,67 @@ def test_a_run_that_does_not_beat_its_start_says_so(tmp_path, toy_kb, toy_split)
                                    "--head-lr-mult", "1e-6"])
     assert res.exit_code == 0, res.output
     assert res.output.count("warning: the trained reranker ranks the 6 dev queries no better") == 1
+
+
+class _Interrupt(Exception):
+    """Stands in for a kill: raised from on_step, after that step's checkpoint (if any) is written."""
+
+
+def _stop_at(at: int):
+    def hook(step: int, _loss: float) -> None:
+        if step == at:
+            raise _Interrupt
+
+    return hook
+
+
+def _steps(out) -> list[tuple[int, int, float]]:
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    return [(r["epoch"], r["step"], r["loss"]) for r in rows if r["event"] == "step"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_reranker(tmp_path, toy_split) -> None:
+    from safetensors.torch import load_file
+
+    train, dev = toy_split
+    # 12 queries in batches of 4: 3 steps per epoch, 6 in all; checkpoints after steps 2, 3 (epoch end) and 4
+    cfg = _tiny(epochs=2, max_train_queries=12, checkpoint_every=2)
+    whole = train_reranker((train, dev[:6]), tmp_path / "whole", cfg, progress=False)
+    out = tmp_path / "cut"
+    for at in (3, 5):  # killed in epoch 1 (resumes from step 2) and in epoch 2 (resumes from step 4)
+        with pytest.raises(_Interrupt):
+            train_reranker((train, dev[:6]), out, cfg, progress=False, on_step=_stop_at(at))
+        assert not out.exists() and (tmp_path / "cut.checkpoint" / "state.json").is_file()
+    cut = train_reranker((train, dev[:6]), out, cfg, progress=False)
+    assert not (tmp_path / "cut.checkpoint").exists()
+    a, b = (json.loads((d / "reranker.json").read_text())["training"] for d in (whole, cut))
+    assert a["dev"] == b["dev"] and a["best_epoch"] == b["best_epoch"] and a["steps"] == b["steps"] == 6
+    assert _steps(cut) == _steps(whole)  # every step once, with the same loss
+    resumes = [json.loads(x)["step"] for x in (cut / "train_log.jsonl").read_text().splitlines()
+               if '"resume"' in x]
+    assert resumes == [2, 4]
+    files = sorted(p.name for p in whole.glob("*.safetensors"))
+    assert files and files == sorted(p.name for p in cut.glob("*.safetensors"))
+    for name in files:
+        wa, wb = load_file(str(whole / name)), load_file(str(cut / name))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_checkpoint_of_other_data_or_settings_is_refused(tmp_path, toy_split) -> None:
+    from kardlite.errors import ArtifactError
+
+    train, dev = toy_split
+    cfg = _tiny(epochs=2, max_train_queries=12, checkpoint_every=2)
+    with pytest.raises(_Interrupt):
+        train_reranker((train, dev[:6]), tmp_path / "rr", cfg, progress=False, on_step=_stop_at(3))
+    with pytest.raises(ArtifactError, match=r"another config \(\{'lr': 0\.0001\} != \{'lr': 0\.001\}\)"):
+        train_reranker((train, dev[:6]), tmp_path / "rr", _tiny(epochs=2, max_train_queries=12, lr=1e-3),
+                       progress=False)
+    with pytest.raises(ArtifactError, match="another data_sha256"):
+        train_reranker((train, dev[:5]), tmp_path / "rr", cfg, progress=False)
+    # settings that only change speed may differ: more threads, no mid-epoch checkpoints
+    out = train_reranker((train, dev[:6]), tmp_path / "rr", _tiny(epochs=2, max_train_queries=12, threads=1,
+                                                                 checkpoint_every=0), progress=False)
+    assert json.loads((out / "reranker.json").read_text())["training"]["steps"] == 6
+    with pytest.raises(InputError, match="checkpoint_every"):
+        train_reranker((train, dev[:6]), tmp_path / "x", _tiny(checkpoint_every=-1), progress=False)
