@@ -124,12 +124,12 @@ def lora_bytes(student: str | None, r: int, targets: str | list[str] = "all-line
 
 def _lora_state(run: Path) -> dict[str, Any]:
     """The LoRA weights of a finished run (its last checkpoint), named as PEFT saves them (no adapter name)."""
-    import torch
+    from safetensors.torch import load_file
 
     ckpt = run / "checkpoint"
-    if not (ckpt / "trainable.pt").is_file():
-        raise ArtifactError(f"{ckpt}: no trainable.pt (not a finished training run)")
-    state = torch.load(ckpt / "trainable.pt", weights_only=True)
+    if not (ckpt / "trainable.safetensors").is_file():
+        raise ArtifactError(f"{ckpt}: no trainable.safetensors (not a finished training run of this kardlite)")
+    state = load_file(str(ckpt / "trainable.safetensors"))
     out = {}
     for key, value in state.items():
         name = re.sub(r"\.(lora_[AB])\.default\.weight$", r".\1.weight", key)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kardlite._checkpoint import cpu_copies, restore_optimizer, split_optimizer
 from kardlite._io import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
 from kardlite._versions import package_versions
 from kardlite.data.split import split_by_question  # re-exported: its home is kardlite.data.split
@@ -329,24 +330,29 @@ def _trainable_state(model: Any) -> dict[str, Any]:
 
 
 def _save_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
-    """Model (trainable part), optimiser, scheduler and step, swapped in as one directory (atomic)."""
-    import torch
+    """Model (trainable part), optimiser, scheduler and step, swapped in as one directory (atomic); safetensors
+    and JSON only, so that resuming loads no pickles."""
+    from safetensors.torch import save_file
 
+    opt_tensors, opt_meta = split_optimizer(optimizer, scheduler)
     with atomic_dir(out / CHECKPOINT) as tmp:
-        torch.save(_trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "state.json", state)
+        save_file(cpu_copies(_trainable_state(model)), str(tmp / "trainable.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        atomic_write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
 
 
 def _load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, expect: dict[str, Any]
                      ) -> dict[str, Any] | None:
-    import torch
+    from safetensors.torch import load_file
 
     ckpt = out / CHECKPOINT
     if not (ckpt / "state.json").is_file():
         return None
+    if (ckpt / "trainable.pt").is_file():
+        raise ArtifactError(f"{ckpt}: an older kardlite's checkpoint (torch pickle files, "
+                            "which kardlite no longer loads); delete it to start this run over")
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    opt_meta = state.pop("optimizer")
     # A setting added to the config after the checkpoint was written is not in it: the checkpoint predates it
     # and ran with that setting's default, so only the settings the checkpoint records are compared.
     saved = state.get("config", {})
@@ -356,13 +362,12 @@ def _load_checkpoint(out: Path, model: Any, optimizer: Any, scheduler: Any, expe
         if state.get(key) != value:
             raise ArtifactError(f"{ckpt}: checkpoint was made with another {key} ({state.get(key)!r} != {value!r}); "
                                 "use a new output dir, or delete the checkpoint to start over")
-    weights = torch.load(ckpt / "trainable.pt", weights_only=True)
+    weights = load_file(str(ckpt / "trainable.safetensors"))
     missing = set(_trainable_state(model)) - set(weights)
     if missing:
         raise ArtifactError(f"{ckpt}: checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
     model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    restore_optimizer(optimizer, scheduler, load_file(str(ckpt / "optimizer.safetensors")), opt_meta)
     return state
 
 

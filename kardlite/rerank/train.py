@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from kardlite._checkpoint import cpu_copies, restore_optimizer, split_optimizer
 from kardlite._io import atomic_dir, atomic_write_json
 from kardlite.errors import ArtifactError, InputError, MissingExtraError
 from kardlite.rerank.base import DEFAULT_DIM, KINDS, Kind, Reranker
@@ -313,31 +314,19 @@ def _save_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, best_state:
     import torch
     from safetensors.torch import save_file
 
-    def plain(tensors: dict[str, Any]) -> dict[str, Any]:  # own contiguous CPU copies: no shared storage
-        return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-
-    opt_state = opt.state_dict()
-    opt_tensors: dict[str, Any] = {}
-    opt_scalars: dict[str, Any] = {}
-    for index, slots in opt_state["state"].items():
-        for key, value in slots.items():
-            if torch.is_tensor(value):
-                opt_tensors[f"{index}.{key}"] = value
-            else:
-                opt_scalars[f"{index}.{key}"] = value
+    opt_tensors, opt_meta = split_optimizer(opt, sched)
     randoms = {"torch_cpu": torch.get_rng_state()}
     if device.startswith("cuda"):
         randoms["torch_cuda"] = torch.cuda.get_rng_state(torch.device(device))
     version, words, gauss = rng.getstate()
     with atomic_dir(folder) as tmp:
-        save_file(plain(model.state_dict()), str(tmp / "model.safetensors"))
+        save_file(cpu_copies(model.state_dict()), str(tmp / "model.safetensors"))
         if best_state is not None:
-            save_file(plain(best_state), str(tmp / "best.safetensors"))
-        save_file(plain(opt_tensors), str(tmp / "optimizer.safetensors"))
-        save_file(plain(randoms), str(tmp / "random.safetensors"))
-        atomic_write_json(tmp / "state.json", {
-            **state, "optimizer": {"param_groups": opt_state["param_groups"], "scalars": opt_scalars},
-            "scheduler": sched.state_dict(), "python_random": [version, list(words), gauss]})
+            save_file(cpu_copies(best_state), str(tmp / "best.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(cpu_copies(randoms), str(tmp / "random.safetensors"))
+        atomic_write_json(tmp / "state.json", {**state, "optimizer": opt_meta,
+                                               "python_random": [version, list(words), gauss]})
 
 
 def _load_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, rng: random.Random, device: str,
@@ -367,14 +356,7 @@ def _load_checkpoint(folder: Path, model: Any, opt: Any, sched: Any, rng: random
         raise ArtifactError(f"{folder}: checkpoint lacks {len(missing)} model tensors, e.g. {sorted(missing)[0]}")
     model.load_state_dict(weights)
     best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").is_file() else None
-    slots: dict[int, dict[str, Any]] = {}
-    for name, value in [*load_file(str(folder / "optimizer.safetensors")).items(),
-                        *state["optimizer"]["scalars"].items()]:
-        index, _, key = name.partition(".")
-        slots.setdefault(int(index), {})[key] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer"]["param_groups"]]
-    opt.load_state_dict({"state": slots, "param_groups": groups})
-    sched.load_state_dict(state["scheduler"])
+    restore_optimizer(opt, sched, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
     randoms = load_file(str(folder / "random.safetensors"))
     torch.set_rng_state(randoms["torch_cpu"])
     if device.startswith("cuda") and "torch_cuda" in randoms:

@@ -68,6 +68,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, kard_e
         train_student(kard_examples, tmp_path / "run", cfg, on_step=stop_at_2)
     assert not (tmp_path / "run" / "model").exists()
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
+    # no pickles: what a resume loads is safetensors and JSON
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir()) == [
+        "optimizer.safetensors", "state.json", "trainable.safetensors"]
     seen = []
     model_dir = train_student(kard_examples, tmp_path / "run", cfg, on_step=lambda s, _: seen.append(s))
     assert seen == [3, 4]  # no step repeated
@@ -265,3 +268,14 @@ def test_packed_and_unpacked_batches_give_the_same_loss_and_gradients(kard_examp
     with torch.no_grad():
         loss_leaked, _ = _loss_sum(model, leaked, "causal")
     assert abs(float(loss_leaked) / n_packed - loss_packed / n_packed) > 1e-3
+
+
+def test_an_old_pickle_checkpoint_is_refused_not_loaded(tmp_path, kard_examples, tiny_llama_dir):
+    from kardlite.errors import ArtifactError
+
+    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text('{"step": 2}')
+    (ckpt / "trainable.pt").write_bytes(b"\x80\x04not read")  # an older kardlite's torch.save file
+    with pytest.raises(ArtifactError, match="torch pickle files, which kardlite no longer loads"):
+        train_student(kard_examples, tmp_path / "run", _cfg(tiny_llama_dir, max_steps=2, batch_size=2))
