@@ -152,3 +152,39 @@ def test_an_answer_only_student_is_read_alike_by_eval_and_its_bundle(
         # free text (no options) is still generated: there is nothing to score
         free = pipe.ask(QUESTIONS[0].question, max_new_tokens=4)
         assert free["tokens"]["generated"] >= 1
+
+
+def test_a_rationale_student_read_by_option_text_takes_its_confidence_from_those_scores(
+        tmp_path_factory: pytest.TempPathFactory, tiny_student: Path, tiny_bundle: Path) -> None:
+    """KARD trained on option-text answers (the OBQA recipe): eval and the bundle agree, and the bundle's letter_prob
+    is the softmax of the option scores after the rationale that chose the answer, not the letter-token
+    probabilities at 'Answer:', where such a student writes option text."""
+    from kardlite.answers import forced_context, option_continuations
+    from kardlite.gguf_student import letter_distribution
+    from kardlite.runtime import load
+    from kardlite.runtime.pipeline import _PassageView
+
+    system = _train_and_export(tmp_path_factory.mktemp("one-path-kard-text"), tiny_student, tiny_bundle, "kard",
+                               answer_format="text")
+    bundle = system["bundle"]
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["inference"]["mode"] == "kard" and manifest["inference"]["answer_format"] == "text"
+    # the recipe's reading: option text after the rationale (re-sealed, as `export bundle --answer-scoring text`)
+    from kardlite.export.bundle import read_manifest, write_manifest
+
+    sealed = read_manifest(bundle)
+    sealed["inference"]["answer_scoring"] = "text"
+    write_manifest(bundle, sealed)
+    with load(bundle) as pipe:
+        assert not pipe.answer_only
+        for q in QUESTIONS:
+            ans = pipe.ask(q.question, list(q.options))
+            assert ans["tokens"]["generated"] >= 1 and ans["letter"] is not None, q.id
+            conts = option_continuations([list(q.options)], "text")[0]
+            prompt_ids = pipe._tokenize(pipe._build(q, [_PassageView(p) for p in ans["passages"]]).segments)
+            pipe.student.begin(prompt_ids)
+            suffix = pipe.student.tokenize_text(forced_context(ans["text"]))
+            means = [c.mean for c in pipe.student.continuation_scores(prompt_ids, conts, suffix=suffix)]
+            share = letter_distribution(means)
+            assert int(share.argmax()) == ans["index"], q.id
+            assert ans["signals"]["letter_prob"] == pytest.approx(share[ans["index"]], abs=1e-6), q.id

@@ -4,8 +4,10 @@ Signals (all in the Answer's ``signals``), each from something the pipeline alre
 
 - ``letter_prob``: the student's probability of the chosen letter at the token after its last ``Answer:``,
   renormalised over the option letters (``A`` and `` A`` tokens summed) and averaged over the samples that
-  wrote an answer line; for an answer-only student read by option text right after the prompt (nothing
-  generated), the softmax of the options' mean token log-likelihoods;
+  wrote an answer line; for a bundle that reads its answer by option text (``answer_scoring="text"``: an
+  answer-only student right after the prompt, or a rationale student after its rationale), the softmax of the
+  options' mean token log-likelihoods, the scores that chose the answer (such a student writes option text, not a
+  letter, after ``Answer:``, so its letter probabilities there say nothing);
 - ``vote_share``: the share of samples that voted for the chosen letter (1 for a single valid generation);
 - ``top_score`` / ``score_margin``: the best passage's rerank score (first-stage score without a reranker) and
   its lead over the second;

@@ -216,7 +216,8 @@ class Pipeline:
                 for piece, t_tok in self.student.stream(
                         prompt_ids, max_new_tokens=max_new, temperature=float(temperature), top_k=s.top_k,
                         top_p=s.top_p, seed=seed + i, n_options=len(opts), stop_at_answer=not self._legacy,
-                        letter_probs=capture):
+                        # read by option text, the options' scores are its letter_prob (see _read)
+                        letter_probs=None if s.answer_scoring == "text" else capture):
                     if t_first is None:
                         t_first = t_tok
                     t_last = t_tok
@@ -389,10 +390,10 @@ class Pipeline:
         if s.answer_scoring == "text":
             conts = option_continuations([opts], s.answer_format)[0]  # type: ignore[arg-type]
             scores = [c.mean for c in self.student.continuation_scores(prompt_ids, conts, suffix=suffix)]
-            if after_prompt:
-                # the options' scores are the student's only opinion (no answer line was written): their softmax
-                # is its letter_prob, where a constant 0.5 would make confidence and abstention meaningless
-                letter_dists.append(letter_distribution(scores))
+            # the scores that chose the answer are the student's opinion: their softmax is its letter_prob. A text
+            # student writes option text after "Answer:", so letter probabilities there would be noise, and with
+            # nothing generated there are none (a constant 0.5 would make confidence and abstention meaningless).
+            letter_dists.append(letter_distribution(scores))
         else:
             scores = self.student.letter_logprobs(prompt_ids, len(opts), suffix=suffix)
             letter_dists.append(letter_distribution(scores))
