@@ -68,7 +68,7 @@ class GGUFStudent:
         """Load a GGUF file (through ``kardlite._llama.load_llama``)."""
         from kardlite._llama import load_llama
 
-        llm = load_llama(Path(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=n_batch)
+        llm = load_llama(Path(path), n_ctx=n_ctx, n_threads=threads, n_batch=n_batch)
         return cls(llm, path)
 
     @property

@@ -56,7 +56,7 @@ class GGUFBackend(GGUFStudent):
         from kardlite._llama import load_llama
 
         path = Path(gguf_path)
-        super().__init__(load_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+        super().__init__(load_llama(path, n_ctx=n_ctx, n_threads=threads,
                                     n_batch=n_batch), path)
 
     def tokenize(self, text: str) -> list[int]:

@@ -304,7 +304,7 @@ def _data_sha256(train: Sequence[RerankQuery], dev: Sequence[RerankQuery]) -> st
     digest = hashlib.sha256()
     for split, queries in (("train", train), ("dev", dev)):
         for q in queries:
-            digest.update(json.dumps([split, dataclasses.asdict(q)], ensure_ascii=False).encode())
+            digest.update(json.dumps([split, q.to_dict()], ensure_ascii=False).encode())
     return digest.hexdigest()
 
 

@@ -575,6 +575,6 @@ def _load(path: Path, *, threads: int | None, verify: bool, n_ctx: int | None, w
             # encodes what the file lacked (all of the KB without one); a bar when it takes more than ~10 s
             reranker.warm(passages, progress=len(passages) > 5_000)
     llm = load_llama(path / manifest["student"]["file"], n_ctx=int(n_ctx or manifest["decoding"].get("n_ctx", 1024)),
-                     n_threads=threads, n_threads_batch=threads)
+                     n_threads=threads)
     return Pipeline(path, manifest, kb, reranker, llm, calibrator=calibrator, audit=audit,
                     manifest_sha256=sha256_file(path / MANIFEST), card=card)
