@@ -8,7 +8,8 @@ after an interruption — a kill, a reboot, the end of a sitting — continues w
    chosen rationale per question (``--per-item``/``--select``), KARD and KA-FT with the passages retrieved by
    that rationale.
 2. ``reranker``: the late-interaction and cross-encoder rerankers at the CPU settings of
-   docs/results/reranker-obqa.md; the better one on OBQA dev (fact1 R@5) is used for ``kard-reranker``.
+   docs/results/reranker-obqa.md (per epoch, as many sampled queries as train questions:
+   ``--reranker-queries``); the better one on OBQA dev (fact1 R@5) is used for ``kard-reranker``.
 3. ``train``: FT, KA-FT, RD and KARD students: same base, order, batch and budget (``--epochs``), with
    snapshots for the learning curves. Training resumes from its last checkpoint.
 4. ``curves``: dev accuracy of every snapshot on the first ``--dev-limit`` OBQA dev questions.
@@ -148,8 +149,14 @@ def stage_reranker(run: Run) -> None:
         out = run.dir / f"reranker-{kind}"
         if not (out / "reranker.json").is_file():
             source = [] if (data / "train.jsonl").is_file() else ["--tasks", str(train), "--rationales", str(kept)]
-            # a small run: max_steps batches of 8 queries per epoch
-            extra = ["--max-train-queries", str(8 * a.max_steps)] if a.max_steps else []
+            # The budget: 88,655 (question, rationale) training queries (every kept rationale) would be ~2.7 h per
+            # kind on 2 cores, for a row that the GPU runs of docs/results/reranker-obqa.md say more training
+            # does not lift. So by default each epoch samples as many queries as the students see examples (one per
+            # train question), and 500 dev queries choose the epoch. A small run: max_steps batches of 8 queries.
+            queries = 8 * a.max_steps if a.max_steps else a.reranker_queries
+            if queries is None:
+                queries = sum(1 for line in train.open(encoding="utf-8") if line.strip())
+            extra = ["--max-train-queries", str(queries), "--max-dev-queries", str(a.reranker_dev_queries)]
             # interrupted, the same command resumes from <out>.checkpoint (every 500 steps, ~4 min)
             run.cli("train", "reranker", "--kb", str(kb), "--data", str(data), *source, "--out", str(out), *flags,
                     *extra)
@@ -158,6 +165,19 @@ def stage_reranker(run: Run) -> None:
         scores = {kind: _fact1_recall(run, run.dir / f"reranker-{kind}") for kind in RERANKERS}
         best = max(scores, key=lambda k: scores[k])
         choice.write_text(json.dumps({"dev_fact1_r5_hybrid_pool20": scores, "chosen": best}) + "\n", encoding="utf-8")
+    summary = run.results / "reranker.json"  # committed: the page shows how both kinds trained and which was chosen
+    if not summary.is_file():
+        kinds = {}
+        for kind, flags in RERANKERS.items():
+            meta = json.loads((run.dir / f"reranker-{kind}" / "reranker.json").read_text(encoding="utf-8"))
+            t = meta["training"]
+            kinds[kind] = {**{k: t[k] for k in ("n_train", "n_dev", "n_dev_items", "steps", "best_epoch",
+                                                "dev_improved", "train_seconds")},
+                           "dev_top1_by_epoch": [round(h["top1"], 4) for h in t["dev"]], "flags": flags}
+        with open(data / "train.jsonl", encoding="utf-8") as fh:
+            available = sum(1 for line in fh if line.strip())
+        atomic_write_json(summary, {**json.loads(choice.read_text(encoding="utf-8")), "kinds": kinds,
+                                    "train_queries_available": available})
 
 
 def _fact1_recall(run: Run, reranker: Path, pool: int = 20, k: int = 5) -> float:
@@ -451,8 +471,10 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
     curves = json.loads(curves_path.read_text(encoding="utf-8")) if curves_path.is_file() else {}
     agree_path = run.results / "agreement.json"
     agreement = json.loads(agree_path.read_text(encoding="utf-8")) if agree_path.is_file() else None
+    rr_path = run.results / "reranker.json"
+    reranker = json.loads(rr_path.read_text(encoding="utf-8")) if rr_path.is_file() else None
     result = {"systems": systems, "comparisons": comparisons, "best_kard": best, "training": training,
-              "curves": curves, "backend_agreement": agreement,
+              "reranker": reranker, "curves": curves, "backend_agreement": agreement,
               "settings": {k: str(v) for k, v in vars(run.args).items()}}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -489,6 +511,9 @@ SETUP = [
     "it has none, counted as forced), or scored by option text after the generated rationale. KARD's test "
     "passages: BM25, hybrid, or the reranker over a hybrid pool of 20 (the kind with the better fact1 R@5 on OBQA "
     "dev). ft-rag is the FT student shown KARD's hybrid passages (the KA-FT prompt): plain retrieve-then-answer.",
+    "- Rerankers: first 3 MiniLM layers, 4 + 4 BM25 candidates per (question, rationale) query labelled by "
+    "BM25(rationale), 2 epochs; each epoch a seeded sample of as many queries as train questions (from the "
+    "queries of every kept rationale), the kept epoch chosen on 500 dev queries (question-disjoint).",
     "- Back-ends: RD and KARD are scored through each student's exported Q8_0 GGUF on llama.cpp with the settings "
     "stored with the student (prompt budget, passage count, generation cap), the path a bundle answers by; the "
     "answer-only systems through PyTorch. The first 100 test questions of KARD (BM25) are scored by both.",
@@ -533,6 +558,19 @@ def render_tables(result: dict[str, Any]) -> str:
             tps = "-" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.0f}"
             lines.append(f"| {mode} | {t['steps']} | {'yes' if t['finished'] else 'no (running)'} | "
                          f"{t['train_seconds'] / 60:.0f} min | {tps} | {t['first_loss']} / {t['last_loss']} |")
+    reranker = result.get("reranker")
+    if reranker:
+        lines += ["", f"| reranker | training queries / epoch (of {reranker['train_queries_available']:,}) | "
+                  "dev queries (questions) | steps | train time | "
+                  "kept epoch | dev top-1 by epoch | fact1 R@5 on dev, hybrid pool 20 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for kind, k in reranker["kinds"].items():
+            chosen = " (chosen)" if kind == reranker["chosen"] else ""
+            lines.append(f"| {kind}{chosen} | {k['n_train']:,} | {k['n_dev']:,} ({k['n_dev_items']:,}) | "
+                         f"{k['steps']:,} | "
+                         f"{k['train_seconds'] / 60:.0f} min | {k['best_epoch']} | "
+                         f"{' / '.join(f'{v:.3f}' for v in k['dev_top1_by_epoch'])} | "
+                         f"{reranker['dev_fact1_r5_hybrid_pool20'][kind]:.3f} |")
     agree = result.get("backend_agreement")
     if agree:
         lines += ["", f"Back-ends: on the first {agree['n']} test questions, {agree['system']} through llama.cpp "
@@ -607,6 +645,11 @@ def main() -> None:
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--dev-limit", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--reranker-queries", type=int, default=None,
+                   help="training queries per reranker epoch, a seeded sample (default: one per train question; "
+                        "0 = every kept rationale's query)")
+    p.add_argument("--reranker-dev-queries", type=int, default=500,
+                   help="dev queries that choose the reranker's kept epoch (0 = all)")
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "results" / "obqa-full.md")
     p.add_argument("--results", type=Path, default=None,
                    help="committed per-part results (default: the report's name as a folder beside it)")

@@ -87,7 +87,10 @@ def train(
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 = full fine-tuning.")] = 0,
     num_layers: Annotated[int | None, typer.Option(help="Keep only the first N encoder layers (faster).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.", min=1)] = None,
-    max_train_queries: Annotated[int, typer.Option(help="Cap on training queries (0 = all).")] = 0,
+    max_train_queries: Annotated[int, typer.Option(help="Cap on training queries, a seeded sample (0 = all).",
+                                                   min=0)] = 0,
+    max_dev_queries: Annotated[int, typer.Option(help="Cap on the dev queries that choose the kept epoch, a seeded "
+                                                 "sample (0 = all).", min=0)] = 0,
     seed: Annotated[int, typer.Option()] = 42,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or "
                                              "cuda:N.")] = "auto",
@@ -111,6 +114,7 @@ def train(
                                queries_per_batch=queries_per_batch, max_length=max_length,
                                lora={"r": lora_r, "alpha": 2 * lora_r, "dropout": 0.1} if lora_r else None,
                                num_layers=num_layers, seed=seed, threads=threads, max_train_queries=max_train_queries,
+                               max_dev_queries=max_dev_queries,
                                device=device, checkpoint_every=checkpoint_every)
     cand = CandidateConfig(pool=pool, from_rationale=from_rationale, from_question=from_question, seed=seed,
                            dev_fraction=dev_fraction, labels=labels.value)  # type: ignore[arg-type]

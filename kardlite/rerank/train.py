@@ -96,7 +96,9 @@ class RerankTrainConfig:
         seed: seeds the head, the shuffling and dropout.
         threads: torch intra-op threads (None = torch's default).
         eval_batch_size: pairs per forward pass when evaluating.
-        max_train_queries: cap on training queries (0 = all), for quick runs.
+        max_train_queries: cap on training queries (0 = all), a seeded sample: quick runs, or a budget.
+        max_dev_queries: cap on the dev queries that choose the kept epoch (0 = all), a seeded sample. The dev
+            pass runs before training and after each epoch, so a large dev set costs as much as training on it.
         device: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N".
         checkpoint_every: steps between resume checkpoints (0 = only at each epoch's end). A 3-layer MiniLM's
             checkpoint (weights, AdamW moments, the kept epoch's weights) is ~280 MB, written in 0.2-0.7 s on a
@@ -125,6 +127,7 @@ class RerankTrainConfig:
     threads: int | None = None
     eval_batch_size: int = 64
     max_train_queries: int = 0
+    max_dev_queries: int = 0
     device: str = "auto"
     checkpoint_every: int = 500
 
@@ -148,6 +151,7 @@ class RerankTrainConfig:
                   (self.max_length >= 16, "max_length", "must be >= 16"),
                   (self.grad_clip >= 0, "grad_clip", "must be >= 0"),
                   (self.max_train_queries >= 0, "max_train_queries", "must be >= 0"),
+                  (self.max_dev_queries >= 0, "max_dev_queries", "must be >= 0"),
                   (isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool)
                    and self.checkpoint_every >= 0, "checkpoint_every", "must be an integer >= 0"),
                   (self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
@@ -412,6 +416,9 @@ def train_reranker(data: Any, out_dir: str | Path, config: RerankTrainConfig | N
     rng = random.Random(config.seed)
     if config.max_train_queries and len(train) > config.max_train_queries:
         train = rng.sample(train, config.max_train_queries)
+    if config.max_dev_queries and len(dev) > config.max_dev_queries:
+        # its own generator: the training sample and the shuffles stay those of the uncapped run
+        dev = random.Random(f"dev-{config.seed}").sample(dev, config.max_dev_queries)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.with_name(out_dir.name + ".train_log.jsonl")

@@ -110,15 +110,23 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     for kind in ("cross-encoder", "late-interaction"):
         training = json.loads((run / f"reranker-{kind}" / "reranker.json").read_text())["training"]
         assert training["n_train"] == 32 and training["steps"] == 8  # 2 epochs of 4 batches of 8 queries
+        assert training["config"]["max_dev_queries"] == 500 and training["n_dev"] <= 500
     choice = json.loads((run / "reranker-choice.json").read_text())
     assert choice["chosen"] in ("cross-encoder", "late-interaction") and len(choice["dev_fact1_r5_hybrid_pool20"]) == 2
+    # the page shows both kinds' training and the choice, from the committed summary
+    shown = subprocess.run([*cmd, "--stage", "report"], env=env, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    summary = json.loads((tmp_path / "obqa-full" / "reranker.json").read_text())
+    assert summary["chosen"] == choice["chosen"] and set(summary["kinds"]) == {"cross-encoder", "late-interaction"}
+    assert f"| {choice['chosen']} (chosen) | 32 |" in report.read_text()
 
     # A later sitting on another machine: the run folder is gone, the committed results are not. The page comes
     # back the same from them, and nothing with a committed result is trained or evaluated again.
     committed = tmp_path / "obqa-full"
     assert sorted(p.name for p in committed.iterdir()) == [
         "agreement.json", "curves.json", "eval-ft.json", "eval-ft.jsonl", "eval-kard-bm25.json",
-        "eval-kard-bm25.jsonl", "train-ft.json", "train-kard.json"]
+        "eval-kard-bm25.jsonl", "reranker.json", "train-ft.json", "train-kard.json"]
     page = report.read_text()
     shutil.rmtree(run)
     again = subprocess.run([*cmd, "--stage", "train"], env=env, capture_output=True, text=True, timeout=600,

@@ -69,6 +69,23 @@ def test_device_cpu_trains_and_records_the_device(tmp_path, toy_split) -> None:
     assert Reranker.load(out).score("Where does a camel live?", ["the camel lives in the desert"]).shape == (1,)
 
 
+def test_max_dev_queries_caps_the_epoch_choice_and_keeps_the_training_sample(tmp_path, toy_split) -> None:
+    train, dev = toy_split
+    assert len(dev) > 3
+    capped = train_reranker((train, dev), tmp_path / "capped", _tiny(max_dev_queries=3), progress=False)
+    full = train_reranker((train, dev), tmp_path / "full", _tiny(), progress=False)
+    rows = {name: [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+            for name, out in (("capped", capped), ("full", full))}
+    assert rows["capped"][0]["n_dev"] == 3 and rows["full"][0]["n_dev"] == len(dev)
+    assert all(r["n"] == 3 for r in rows["capped"] if r["event"] == "dev")
+    # the dev sample has its own generator: the same training queries in the same order, so the same first loss
+    first_loss = {name: next(r["loss"] for r in rs if r["event"] == "step") for name, rs in rows.items()}
+    assert first_loss["capped"] == pytest.approx(first_loss["full"], rel=1e-5)
+    with pytest.raises(InputError) as err:
+        RerankTrainConfig(max_dev_queries=-1).validate()
+    assert err.value.field == "max_dev_queries"
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "CUDA", "", "mps", "cuda:-1"])
 def test_bad_device_string_is_an_input_error(tmp_path, toy_split, device) -> None:
     with pytest.raises(InputError) as err:
