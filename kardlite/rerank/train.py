@@ -98,7 +98,7 @@ class RerankTrainConfig:
         eval_batch_size: pairs per forward pass when evaluating.
         max_train_queries: cap on training queries (0 = all), a seeded sample: quick runs, or a budget.
         max_dev_queries: cap on the dev queries that choose the kept epoch (0 = all), a seeded sample. The dev
-            pass runs before training and after each epoch, so a large dev set costs as much as training on it.
+            pass scores every dev query's candidates before training and after each epoch.
         device: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N".
         checkpoint_every: steps between resume checkpoints (0 = only at each epoch's end). A 3-layer MiniLM's
             checkpoint (weights, AdamW moments, the kept epoch's weights) is ~280 MB, written in 0.2-0.7 s on a
