@@ -155,7 +155,7 @@ def stage_reranker(run: Run) -> None:
             # train question), and 500 dev queries choose the epoch. A small run: max_steps batches of 8 queries.
             queries = 8 * a.max_steps if a.max_steps else a.reranker_queries
             if queries is None:
-                queries = sum(1 for line in train.open(encoding="utf-8") if line.strip())
+                queries = _records(train)
             extra = ["--max-train-queries", str(queries), "--max-dev-queries", str(a.reranker_dev_queries)]
             # interrupted, the same command resumes from <out>.checkpoint (every 500 steps, ~4 min)
             run.cli("train", "reranker", "--kb", str(kb), "--data", str(data), *source, "--out", str(out), *flags,
@@ -174,10 +174,14 @@ def stage_reranker(run: Run) -> None:
             kinds[kind] = {**{k: t[k] for k in ("n_train", "n_dev", "n_dev_items", "steps", "best_epoch",
                                                 "dev_improved", "train_seconds")},
                            "dev_top1_by_epoch": [round(h["top1"], 4) for h in t["dev"]], "flags": flags}
-        with open(data / "train.jsonl", encoding="utf-8") as fh:
-            available = sum(1 for line in fh if line.strip())
         atomic_write_json(summary, {**json.loads(choice.read_text(encoding="utf-8")), "kinds": kinds,
-                                    "train_queries_available": available})
+                                    "train_queries_available": _records(data / "train.jsonl")})
+
+
+def _records(path: Path) -> int:
+    """Non-blank lines of a JSONL file."""
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 def _fact1_recall(run: Run, reranker: Path, pool: int = 20, k: int = 5) -> float:
