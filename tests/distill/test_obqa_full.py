@@ -120,13 +120,27 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     summary = json.loads((tmp_path / "obqa-full" / "reranker.json").read_text())
     assert summary["chosen"] == choice["chosen"] and set(summary["kinds"]) == {"cross-encoder", "late-interaction"}
     assert f"| {choice['chosen']} (chosen) | 32 |" in report.read_text()
+    # its test row is scored through the chosen kind's int8 ONNX export, the reranker a bundle ships
+    ev = subprocess.run([*cmd, "--stage", "eval", "--systems", "kard-reranker"], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    export = run / f"reranker-{choice['chosen']}-onnx"
+    assert (export / "model_quantized.onnx").is_file()
+    row = json.loads((tmp_path / "obqa-full" / "eval-kard-reranker.json").read_text())
+    assert row["reranker"] == export.name and row["backend"] == "gguf" and row["n"] == 4
+    shown = subprocess.run([*cmd, "--stage", "report"], env=env, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    result = json.loads(report.with_suffix(".json").read_text())
+    assert result["systems"]["kard-reranker"]["n"] == 4
 
     # A later sitting on another machine: the run folder is gone, the committed results are not. The page comes
     # back the same from them, and nothing with a committed result is trained or evaluated again.
     committed = tmp_path / "obqa-full"
     assert sorted(p.name for p in committed.iterdir()) == [
         "agreement.json", "curves.json", "eval-ft.json", "eval-ft.jsonl", "eval-kard-bm25.json",
-        "eval-kard-bm25.jsonl", "reranker.json", "train-ft.json", "train-kard.json"]
+        "eval-kard-bm25.jsonl", "eval-kard-reranker.json", "eval-kard-reranker.jsonl", "reranker.json",
+        "train-ft.json", "train-kard.json"]
     page = report.read_text()
     shutil.rmtree(run)
     again = subprocess.run([*cmd, "--stage", "train"], env=env, capture_output=True, text=True, timeout=600,
