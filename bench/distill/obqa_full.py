@@ -526,7 +526,8 @@ SETUP = [
     "training target) and their answer is parsed from the output (forced by likelihood after `\\nAnswer:` when "
     "it has none, counted as forced), or scored by option text after the generated rationale. KARD's test "
     "passages: BM25, hybrid, or the reranker over a hybrid pool of 20 (the kind with the better fact1 R@5 on OBQA "
-    "dev, run as its int8 ONNX export: the reranker a bundle ships). ft-rag is the FT student shown KARD's hybrid passages (the KA-FT prompt): plain retrieve-then-answer.",
+    "dev, run as its int8 ONNX export: the reranker a bundle ships). ft-rag is the FT student shown KARD's hybrid "
+    "passages (the KA-FT prompt): plain retrieve-then-answer.",
     "- Rerankers: first 3 MiniLM layers, 4 + 4 BM25 candidates per (question, rationale) query labelled by "
     "BM25(rationale), 2 epochs; each epoch a seeded sample of as many queries as train questions (from the "
     "queries of every kept rationale), the kept epoch chosen on 500 dev queries (question-disjoint).",
