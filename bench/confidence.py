@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from kardlite.runtime.confidence import (
 )
 
 COVERAGES = (1.0, 0.8, 0.5)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _items(args: argparse.Namespace) -> tuple[list[Any], list[Any], str]:
@@ -46,7 +48,42 @@ def _items(args: argparse.Namespace) -> tuple[list[Any], list[Any], str]:
 
     if not args.dev or not args.test:
         sys.exit("give --dev and --test task files, or --demo")
-    return load_task(args.dev), load_task(args.test), f"dev {args.dev}, test {args.test}"
+    return load_task(args.dev), load_task(args.test), f"dev {_shown(args.dev)}, test {_shown(args.test)}"
+
+
+def _outside(path: Path) -> bool:
+    return not path.resolve().is_relative_to(ROOT)
+
+
+def _shown(path: Path) -> str:
+    """A task file as the page names it: its path in the repository, or, outside it, its name and sha256 prefix (a
+    path on this machine means nothing on a reader's, and can name private folders)."""
+    if not _outside(path):
+        return f"`{path.resolve().relative_to(ROOT)}`"
+    return f"`{path.name}` (sha256 {data_files([path])[0].sha256[:12]})"
+
+
+def _command(argv: list[str]) -> str:
+    """The command line for the page: task files in the repository by their path in it, those outside it as
+    $DEV_FILE / $TEST_FILE (the files the page names by sha256), and --note left out (the page shows it)."""
+    tokens: list[str] = []
+    for arg in argv:  # --flag=value as --flag value
+        flag, eq, value = arg.partition("=")
+        tokens += [flag, value] if eq and flag.startswith("--") else [arg]
+    out: list[str] = []
+    rest = iter(tokens)
+    for tok in rest:
+        if tok == "--note":
+            next(rest, None)
+        elif tok in ("--dev", "--test"):
+            value = next(rest, "")
+            if value and _outside(Path(value)):
+                out += [tok, f"${tok[2:].upper()}_FILE"]
+            else:
+                out += [tok, shlex.quote(str(Path(value).resolve().relative_to(ROOT)) if value else value)]
+        else:
+            out.append(shlex.quote(tok))
+    return " ".join(["python bench/confidence.py", *out])
 
 
 def _tasks(args: argparse.Namespace) -> tuple[Task, Task]:
@@ -272,8 +309,7 @@ def main() -> None:
     title = args.label or f"{manifest.get('name')}: {source}"
     _plot(args.out / f"{args.name}.png", {"raw confidence": risk_coverage(raw, correct),
                                           "calibrated": risk_coverage(calibrated, correct)}, overall, title)
-    command = "python bench/confidence.py " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]
-                                                        if a != "--note" and a != args.note)
+    command = _command(sys.argv[1:])
     atomic_write_text(args.out / f"{args.name}.md", _page(result, args.name, command, args.note))
     if args.install:
         # One atomic change: the calibrator and the card that measured it.

@@ -39,3 +39,18 @@ def test_earlier_runs_are_kept_and_a_missing_or_broken_file_holds_none(bench, tm
     assert bench._earlier_runs(path) == {}
     path.write_text(json.dumps({"runs": {"obqa": {"n": 500}}}), encoding="utf-8")
     assert bench._earlier_runs(path) | {"demo": {"n": 27}} == {"obqa": {"n": 500}, "demo": {"n": 27}}
+
+
+def test_the_page_names_task_files_outside_the_repository_by_sha256_not_by_path(bench, tmp_path):
+    outside = tmp_path / "private folder" / "dev.jsonl"
+    outside.parent.mkdir()
+    outside.write_text('{"id": "1"}\n', encoding="utf-8")
+    inside = Path("kardlite/demo/passages_cardiorenal.jsonl")
+    shown = bench._shown(outside)
+    assert shown.startswith("`dev.jsonl` (sha256 ") and "private" not in shown and len(shown.split()[-1]) == 13
+    assert bench._shown(bench.ROOT / inside) == f"`{inside}`"
+    cmd = bench._command(["exports/b", f"--dev={outside}", "--test", str(outside), "--note", "a *paragraph*",
+                          "--label", "KARD (hybrid), Q8_0", "--install"])
+    assert cmd == ("python bench/confidence.py exports/b --dev $DEV_FILE --test $TEST_FILE "
+                   "--label 'KARD (hybrid), Q8_0' --install")
+    assert bench._command(["b", "--dev", str(bench.ROOT / inside)]).endswith(f"--dev {inside}")
