@@ -16,6 +16,7 @@ calibrated confidence's ECE and accuracy at 100/80/50 % coverage on test), in th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shlex
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kardlite._io import atomic_write_text, iter_jsonl
-from kardlite.card import Task, data_files, measure, record_evaluations
+from kardlite.card import CALIBRATION_FILE, CARD_FILE, Task, data_files, measure, record_evaluations
 from kardlite.runtime.confidence import (
     Calibrator,
     accuracy_at_coverage,
@@ -84,6 +85,14 @@ def _command(argv: list[str]) -> str:
         else:
             out.append(shlex.quote(tok))
     return " ".join(["python bench/confidence.py", *out])
+
+
+def _answers_key(manifest: dict[str, Any]) -> str:
+    """What decides a bundle's answers, as the answer cache's key: its manifest without the calibrator, the card and
+    the export time. ``--install`` adds a calibrator and a card, which change no answer, so a rerun reuses them."""
+    rest = {k: v for k, v in manifest.items() if k not in ("calibration", "card", "evaluation", "created")}
+    rest["files"] = {k: v for k, v in manifest.get("files", {}).items() if k not in (CARD_FILE, CALIBRATION_FILE)}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _tasks(args: argparse.Namespace) -> tuple[Task, Task]:
@@ -236,6 +245,8 @@ def _page(result: dict[str, Any], name: str, command: str, note: str | None) -> 
         "```bash",
         command,
         "```",
+        *(["", "`$DEV_FILE` and `$TEST_FILE` are the question files named above (outside this repository; check "
+            "yours by their sha256)."] if "$DEV_FILE" in command or "$TEST_FILE" in command else []),
         "",
         f"Raw numbers: [`{name}.json`]({name}.json). Machine: {result['machine']}.",
         "",
@@ -270,16 +281,14 @@ def main() -> None:
     dev_items, test_items, source = _items(args)
     cache = args.cache or Path("runs/confidence") / f"{args.bundle.resolve().name}.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     with load(args.bundle, threads=args.threads) as pipe:
         samples = int(args.samples or pipe.decoding.get("samples", 1))
-        settings = {"samples": samples, "manifest_sha256": pipe.manifest_sha256}
+        settings = {"samples": samples, "answers_sha256": _answers_key(pipe.manifest)}
         manifest = pipe.manifest
         measured = pipe.settings if samples == (1 if pipe.settings.greedy else pipe.settings.samples) else \
             pipe.settings.updated(decoding="sc" if samples > 1 else "greedy", samples=samples if samples > 1 else None)
         dev = _run(pipe, dev_items, "dev", cache, settings)
         test = _run(pipe, test_items, "test", cache, settings)
-    wall = time.perf_counter() - started
 
     fit_rows = [r for r in dev if r["valid"]]
     cal = Calibrator.fit([r["signals"] for r in fit_rows], [r["correct"] for r in fit_rows], l2=args.l2,
@@ -297,7 +306,8 @@ def main() -> None:
                  "raw": _metrics(raw, correct), "calibrated": _metrics(calibrated, correct)},
         "calibrator": cal.to_dict(),
         "targets": {"accuracy_at_50_minus_overall": 0.15, "ece_after": 0.05},
-        "seconds": round(wall, 1), "machine": platform.platform(),
+        # answering time summed per question, so that a rerun from the cache still reports what answering took
+        "seconds": round(sum(r.get("seconds", 0.0) for r in dev + test), 1), "machine": platform.platform(),
     }
     cal_m = result["test"]["calibrated"]
     result["meets"] = {"selective_gain": cal_m["accuracy_at_50"] - overall >= 0.15, "ece": cal_m["ece"] <= 0.05}

@@ -54,3 +54,14 @@ def test_the_page_names_task_files_outside_the_repository_by_sha256_not_by_path(
     assert cmd == ("python bench/confidence.py exports/b --dev $DEV_FILE --test $TEST_FILE "
                    "--label 'KARD (hybrid), Q8_0' --install")
     assert bench._command(["b", "--dev", str(bench.ROOT / inside)]).endswith(f"--dev {inside}")
+
+
+def test_the_answer_cache_survives_install_but_not_a_change_that_decides_answers(bench):
+    manifest = {"name": "b", "created": "t0", "inference": {"n_docs": 3},
+                "files": {"student.gguf": {"sha256": "aa"}, "kb/hnsw.bin": {"sha256": "bb"}}}
+    installed = {**manifest, "calibration": "calibration.json", "card": "card.json",
+                 "files": {**manifest["files"], "calibration.json": {"sha256": "cc"}, "card.json": {"sha256": "dd"}}}
+    key = bench._answers_key(manifest)
+    assert bench._answers_key(installed) == key == bench._answers_key({**manifest, "created": "t1"})
+    assert bench._answers_key({**manifest, "inference": {"n_docs": 5}}) != key
+    assert bench._answers_key({**manifest, "files": {**manifest["files"], "student.gguf": {"sha256": "ee"}}}) != key
