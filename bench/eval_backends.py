@@ -14,7 +14,7 @@ Prints and writes (``--out``, JSON; per-question rows in ``<out>.rows.jsonl``): 
 output counts as its own value), same letter where both are valid, identical text, letter log-prob differences,
 and wall seconds per question for each back-end. The GGUF is exported (Q8_0, verified) when ``--gguf`` is absent.
 
-    /work/bin/low env OMP_NUM_THREADS=2 .venv/bin/python bench/eval_backends.py --student runs/x/student-rd \
+    OMP_NUM_THREADS=2 .venv/bin/python bench/eval_backends.py --student runs/x/student-rd \
         --tasks $OBQA/Main/test.jsonl --limit 100 --out docs/results/eval-backends.json
 """
 

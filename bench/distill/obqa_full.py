@@ -373,11 +373,21 @@ def _commit_eval(run: Run, system: str, facts: dict[str, str]) -> None:
             "max_new_tokens", "max_source_tokens", "backend")
     # the reranker by its folder's name: "-onnx" marks the int8 export a bundle ships
     reranker = {"reranker": Path(settings["reranker"]).name} if settings.get("reranker") else {}
-    atomic_write_json(run.results / f"eval-{system}.json",
-                      {**{k: settings.get(k) for k in keep}, **reranker, "n": len(rows)})
+    kept = {k: settings.get(k) for k in keep}
+    kept["student"] = _portable(kept["student"]) if kept["student"] else kept["student"]
+    atomic_write_json(run.results / f"eval-{system}.json", {**kept, **reranker, "n": len(rows)})
 
 
 # ----------------------------------------------------------------------------- the report
+
+
+def _portable(value: Any) -> str:
+    """A setting as the committed files record it: a path relative to the repository, or outside it by its name
+    only (this machine's folders mean nothing on a reader's); a Hugging Face id or other value as it is."""
+    if not (isinstance(value, Path) or (isinstance(value, str) and "/" in value and Path(value).exists())):
+        return str(value)
+    full = Path(value).resolve()
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else f".../{full.name}"
 
 
 def _norm(text: str) -> str:
@@ -491,7 +501,7 @@ def stage_report(run: Run, out_md: Path) -> dict[str, Any]:
     reranker = json.loads(rr_path.read_text(encoding="utf-8")) if rr_path.is_file() else None
     result = {"systems": systems, "comparisons": comparisons, "best_kard": best, "training": training,
               "reranker": reranker, "curves": curves, "backend_agreement": agreement,
-              "settings": {k: str(v) for k, v in vars(run.args).items()}}
+              "settings": {k: _portable(v) for k, v in vars(run.args).items()}}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     notes = out_md.with_name(out_md.stem + ".notes.md")

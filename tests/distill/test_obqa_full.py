@@ -82,6 +82,9 @@ def test_full_run_resumes_after_a_kill(tmp_path, obqa_dir, tiny_llama_dir):
     assert ["rationales", "import"] not in again and ["rationales", "filter"] not in again
     assert again.count(["distill", "build"]) == 0
     result = json.loads(report.with_suffix(".json").read_text())
+    # committed files name this machine's folders by their last part only (the run is outside the repository here)
+    assert result["settings"]["run"] == ".../run" and str(tmp_path) not in report.with_suffix(".json").read_text()
+    assert json.loads((tmp_path / "obqa-full" / "eval-ft.json").read_text())["student"] == ".../student-ft"
     for system in ("ft", "kard-bm25"):
         row = result["systems"][system]
         assert row["n"] == 4 and row["complete"] and 0 <= row["accuracy"] <= 1
