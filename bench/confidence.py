@@ -52,16 +52,17 @@ def _items(args: argparse.Namespace) -> tuple[list[Any], list[Any], str]:
     return load_task(args.dev), load_task(args.test), f"dev {_shown(args.dev)}, test {_shown(args.test)}"
 
 
-def _outside(path: Path) -> bool:
-    return not path.resolve().is_relative_to(ROOT)
+def _in_repo(path: Path) -> str | None:
+    """The path relative to the repository, or None for a file outside it."""
+    full = path.resolve()
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else None
 
 
 def _shown(path: Path) -> str:
     """A task file as the page names it: its path in the repository, or, outside it, its name and sha256 prefix (a
     path on this machine means nothing on a reader's, and can name private folders)."""
-    if not _outside(path):
-        return f"`{path.resolve().relative_to(ROOT)}`"
-    return f"`{path.name}` (sha256 {data_files([path])[0].sha256[:12]})"
+    rel = _in_repo(path)
+    return f"`{rel}`" if rel else f"`{path.name}` (sha256 {data_files([path])[0].sha256[:12]})"
 
 
 def _command(argv: list[str]) -> str:
@@ -77,11 +78,8 @@ def _command(argv: list[str]) -> str:
         if tok == "--note":
             next(rest, None)
         elif tok in ("--dev", "--test"):
-            value = next(rest, "")
-            if value and _outside(Path(value)):
-                out += [tok, f"${tok[2:].upper()}_FILE"]
-            else:
-                out += [tok, shlex.quote(str(Path(value).resolve().relative_to(ROOT)) if value else value)]
+            rel = _in_repo(Path(next(rest, "")))
+            out += [tok, shlex.quote(rel) if rel else f"${tok[2:].upper()}_FILE"]
         else:
             out.append(shlex.quote(tok))
     return " ".join(["python bench/confidence.py", *out])
